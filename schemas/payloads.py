@@ -1,0 +1,129 @@
+"""Typed values that stages hand each other.
+
+Stage functions take and return these frozen dataclasses so they can be
+tested without a database or a broker. Celery messages carry only ids
+(``PollRef``, ``ArticleBatch``): the database holds the data, so any stage
+can be re-run from the database alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PollRef:
+    """Message for the fetch and parse tasks: one poll row of one feed."""
+
+    poll_id: int
+
+    def to_message(self) -> dict[str, Any]:
+        return {"poll_id": self.poll_id}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> PollRef:
+        return cls(poll_id=int(message["poll_id"]))
+
+
+@dataclass(frozen=True)
+class ArticleBatch:
+    """Message for the article stages: the ids of one feed's new or changed articles."""
+
+    article_ids: tuple[int, ...]
+
+    def to_message(self) -> dict[str, Any]:
+        return {"article_ids": list(self.article_ids)}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> ArticleBatch:
+        return cls(article_ids=tuple(int(i) for i in message["article_ids"]))
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What one HTTP poll of a feed produced."""
+
+    status_code: int | None
+    final_url: str
+    body: bytes | None
+    etag: str | None
+    last_modified: str | None
+    content_type: str | None
+    error: str | None = None
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status_code == 304
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One feed entry as feedparser gave it, before any cleaning.
+
+    ``entry_key`` is the entry's identity within its feed (GUID, else link,
+    else title and date); ``raw_hash`` fingerprints every field below so an
+    unchanged re-poll can be recognised without cleaning again.
+    """
+
+    entry_key: str
+    guid: str | None
+    link: str | None
+    title: str | None
+    author: str | None
+    published_at: datetime | None
+    summary_html: str | None
+    content_html: str | None
+    raw_hash: str
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    """A parsed feed document: feed-level metadata plus its entries."""
+
+    title: str | None
+    site_url: str | None
+    entries: tuple[RawEntry, ...]
+    bozo_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image of an article, kept as data rather than as body text."""
+
+    src: str | None
+    caption: str | None = None
+    credit: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"src": self.src, "caption": self.caption, "credit": self.credit}
+
+
+@dataclass(frozen=True)
+class CleanArticle:
+    """The clean stage's output for one entry.
+
+    ``text`` is plain text, paragraphs separated by one blank line
+    (``"\\n\\n"``); ``html`` is sanitized HTML safe to display.
+    """
+
+    title: str
+    url: str | None
+    summary: str
+    text: str
+    html: str
+    images: tuple[Image, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The classify stage's output for one article.
+
+    ``topics`` are (label, score) pairs, best first; ``places`` are ISO
+    3166-1 alpha-2 codes, most mentioned first; ``language`` is ISO 639-1.
+    """
+
+    language: str | None
+    topics: tuple[tuple[str, float], ...]
+    places: tuple[str, ...]

@@ -1,0 +1,239 @@
+"""Parse stage: feedparser turns a fetched body into entries, stored idempotently.
+
+``parse_document`` is pure: bytes in, ``ParsedFeed`` out. ``store_entries``
+inserts new entries and updates changed ones (``INSERT ... ON CONFLICT`` on
+feed and entry identity), so re-parsing the same document stores nothing new.
+A document feedparser flags as malformed (bozo) but that still yields
+entries is processed; one that yields nothing records why.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import feedparser
+from celery import shared_task
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schemas.db import insert_for, session_scope
+from schemas.models import PENDING, POLL_ERROR, POLL_FETCHED, POLL_PARSED, Article, Feed, Poll, utcnow
+from schemas.payloads import ArticleBatch, ParsedFeed, PollRef, RawEntry
+from schemas.settings import Settings, current_settings
+from tasks.base import StageTask
+from tasks.clean import clean_task
+from tasks.store import chunked, finish_poll_of_feed
+
+# feedmill sanitizes in its clean stage with nh3; feedparser's own pass would be wasted work.
+PARSER_OPTIONS = {"sanitize_html": False, "resolve_relative_uris": False}
+
+
+class NotAFeed(Exception):
+    """The document yielded no entries and is not a well-formed feed."""
+
+
+def parse_document(body: bytes, content_type: str | None, url: str | None) -> ParsedFeed:
+    """Parse a feed document; raise ``NotAFeed`` with the reason when it yields nothing."""
+    headers = {"content-location": url or ""}
+    if content_type:
+        headers["content-type"] = content_type
+    parsed = feedparser.parse(body, response_headers=headers, **PARSER_OPTIONS)
+    bozo_error = str(parsed.get("bozo_exception") or "") or None if parsed.bozo else None
+    if not parsed.entries:
+        if bozo_error:
+            raise NotAFeed(f"not a feed: {bozo_error}")
+        if not parsed.get("version"):
+            raise NotAFeed("not a recognised RSS or Atom document")
+    feed_meta = parsed.feed
+    return ParsedFeed(
+        title=feed_meta.get("title"),
+        site_url=feed_meta.get("link"),
+        entries=raw_entries(parsed.entries),
+        bozo_error=bozo_error,
+    )
+
+
+def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
+    """Turn feedparser entries into ``RawEntry`` values with a stable identity each.
+
+    The identity is the GUID; when an entry has none, or the document repeats
+    it across items, the link; failing that too, a hash of title and date.
+    """
+    guid_counts = Counter(e.get("id") for e in entries if e.get("id"))
+    link_counts = Counter(e.get("link") for e in entries if e.get("link"))
+    result: list[RawEntry] = []
+    seen_keys: set[str] = set()
+    for entry in entries:
+        guid, link = entry.get("id") or None, entry.get("link") or None
+        title = entry.get("title")
+        published = _entry_datetime(entry)
+        content = entry.get("content")
+        content_html = content[0].get("value") if content else None
+        summary_html = entry.get("summary") if "summary_detail" in entry else None
+        if summary_html is not None and summary_html == content_html:
+            summary_html = None  # feedparser copies content into summary when there is none
+        if guid and guid_counts[guid] == 1:
+            key = f"guid:{guid}"
+        elif link and link_counts[link] == 1:
+            key = f"link:{link}"
+        else:
+            key = "hash:" + _digest([title, published and published.isoformat(), link])
+        if key in seen_keys:
+            continue  # the same item twice in one document
+        seen_keys.add(key)
+        fields = [guid, link, title, entry.get("author"), published, summary_html, content_html]
+        result.append(
+            RawEntry(
+                entry_key=key,
+                guid=guid,
+                link=link,
+                title=title,
+                author=entry.get("author"),
+                published_at=published,
+                summary_html=summary_html,
+                content_html=content_html,
+                raw_hash=_digest([f.isoformat() if isinstance(f, datetime) else f for f in fields]),
+            )
+        )
+    return tuple(result)
+
+
+def _entry_datetime(entry: Any) -> datetime | None:
+    for name in ("published_parsed", "updated_parsed", "created_parsed"):
+        value = entry.get(name)
+        if value:
+            try:
+                return datetime.fromtimestamp(calendar.timegm(value), UTC)
+            except (OverflowError, ValueError, OSError):
+                return None
+    return None
+
+
+def _digest(parts: Sequence[Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+def store_entries(
+    session: Session, feed_id: int, poll_id: int, entries: Sequence[RawEntry]
+) -> tuple[list[int], list[int]]:
+    """Insert new entries, update changed ones; return (new ids, changed ids)."""
+    if not entries:
+        return [], []
+    now = utcnow()
+    rows = [
+        {
+            "feed_id": feed_id,
+            "poll_id": poll_id,
+            "entry_key": e.entry_key,
+            "guid": e.guid,
+            "link": e.link,
+            "published_at": e.published_at,
+            "raw_title": e.title,
+            "raw_author": e.author,
+            "raw_summary_html": e.summary_html,
+            "raw_content_html": e.content_html,
+            "raw_hash": e.raw_hash,
+            "revision": 1,
+            "stage": "clean",
+            "status": PENDING,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for e in entries
+    ]
+    insert = insert_for(session, Article.__table__)
+    new_ids = list(
+        session.scalars(
+            insert.values(rows)
+            .on_conflict_do_nothing(index_elements=["feed_id", "entry_key"])
+            .returning(Article.id)
+        )
+    )
+    by_key = {e.entry_key: e for e in entries}
+    existing = session.scalars(
+        select(Article)
+        .where(
+            Article.feed_id == feed_id,
+            Article.entry_key.in_(list(by_key)),
+            Article.id.not_in(new_ids),
+        )
+        .with_for_update()
+    ).all()
+    changed_ids = []
+    for article in existing:
+        entry = by_key[article.entry_key]
+        if article.raw_hash == entry.raw_hash:
+            continue
+        article.guid, article.link = entry.guid, entry.link
+        article.published_at = entry.published_at
+        article.raw_title, article.raw_author = entry.title, entry.author
+        article.raw_summary_html, article.raw_content_html = entry.summary_html, entry.content_html
+        article.raw_hash = entry.raw_hash
+        article.revision += 1
+        article.poll_id = poll_id
+        article.stage, article.status, article.error = "clean", PENDING, None
+        article.updated_at = now
+        changed_ids.append(article.id)
+    return sorted(new_ids), sorted(changed_ids)
+
+
+def run_parse(settings: Settings, poll_id: int) -> list[int]:
+    """Parse a fetched poll and store its entries; return the article ids awaiting clean."""
+    with session_scope(settings) as session:
+        poll = session.get(Poll, poll_id)
+        if poll is None:
+            return []
+        if poll.status != POLL_FETCHED:
+            # Parsed by an earlier delivery: hand on whatever it left waiting.
+            return _articles_awaiting_clean(session, poll_id)
+        body, content_type, url = poll.body or b"", poll.content_type, poll.final_url
+    try:
+        parsed: ParsedFeed | None = parse_document(body, content_type, url)
+        error = None
+    except NotAFeed as exc:
+        parsed, error = None, str(exc)[:500]
+    with session_scope(settings) as session:
+        poll = session.get(Poll, poll_id, with_for_update=True)
+        if poll is None or poll.status != POLL_FETCHED:
+            return []
+        feed = session.get(Feed, poll.feed_id, with_for_update=True)
+        assert feed is not None
+        poll.finished_at = utcnow()
+        poll.body = None
+        if parsed is None:
+            poll.status, poll.error = POLL_ERROR, error
+            finish_poll_of_feed(feed, settings, error=error)
+            return []
+        new_ids, changed_ids = store_entries(session, feed.id, poll.id, parsed.entries)
+        poll.status = POLL_PARSED
+        poll.new_entries, poll.updated_entries = len(new_ids), len(changed_ids)
+        poll.error = f"malformed but usable: {parsed.bozo_error}"[:500] if parsed.bozo_error else None
+        feed.title = parsed.title or feed.title
+        feed.site_url = parsed.site_url or feed.site_url
+        feed.etag, feed.last_modified = poll.etag, poll.last_modified
+        finish_poll_of_feed(feed, settings, error=None)
+        return sorted(new_ids + changed_ids)
+
+
+def _articles_awaiting_clean(session: Session, poll_id: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Article.id)
+            .where(Article.poll_id == poll_id, Article.stage == "clean", Article.status == PENDING)
+            .order_by(Article.id)
+        )
+    )
+
+
+@shared_task(base=StageTask, name="feedmill.parse")
+def parse_task(message: dict) -> None:
+    settings = current_settings()
+    article_ids = run_parse(settings, PollRef.from_message(message).poll_id)
+    for batch in chunked(article_ids, settings.batch_size):
+        clean_task.delay(ArticleBatch(tuple(batch)).to_message())

@@ -1,0 +1,5 @@
+"""``python -m workers`` is the ``feedmill`` command."""
+
+from workers.cli import main
+
+main()

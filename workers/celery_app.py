@@ -1,0 +1,78 @@
+"""The Celery app: broker, reliability settings and one queue per stage.
+
+With no configuration the broker is kombu's filesystem transport under
+``$FEEDMILL_HOME/broker``: real worker processes on one machine, no server.
+``FEEDMILL_BROKER_URL`` points it at Redis (or RabbitMQ) instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from schemas.settings import Settings, current_settings
+
+#: Queue per stage, in pipeline order, so each can be scaled on its own.
+QUEUES = ("schedule", "fetch", "parse", "clean", "dedupe", "classify")
+TASK_QUEUES = {
+    "feedmill.dispatch": "schedule",
+    "feedmill.fetch": "fetch",
+    "feedmill.parse": "parse",
+    "feedmill.clean": "clean",
+    "feedmill.dedupe": "dedupe",
+    "feedmill.classify": "classify",
+}
+#: Longer than any retry countdown (StageTask's backoff cap is 300 s), so a
+#: delayed retry is not redelivered early by Redis.
+VISIBILITY_TIMEOUT = 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_prefetch_multiplier": 1,
+        "worker_max_tasks_per_child": 1000,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": "fetch",
+        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        "beat_schedule": {
+            "dispatch-due-feeds": {"task": "feedmill.dispatch", "schedule": settings.dispatch_every}
+        },
+        "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
+        "timezone": "UTC",
+    }
+    if settings.embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "polling_interval": 0.1,
+        }
+    else:
+        config["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    return config
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery(
+        "feedmill",
+        include=["workers.scheduler", "tasks.fetch", "tasks.parse", "tasks.clean", "tasks.dedupe", "tasks.classify"],
+    )
+    app.conf.update(celery_config(settings))
+    return app
+
+
+app = create_app(current_settings())

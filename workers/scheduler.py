@@ -1,0 +1,104 @@
+"""The scheduler: claim feeds that are due and enqueue one fetch per feed.
+
+A claim sets the feed's lease and creates its poll row in one transaction
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's write lock serialises
+claims), so several schedulers never fetch one feed twice at once, and a
+lease that expires frees a feed whose worker died.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from celery import shared_task
+from sqlalchemy import or_, select
+
+from schemas.db import session_scope
+from schemas.models import PENDING, POLL_FETCHED, Article, Feed, Poll, utcnow
+from schemas.payloads import ArticleBatch, PollRef
+from schemas.settings import Settings, current_settings
+from tasks.base import StageTask
+from tasks.clean import clean_task
+from tasks.classify import classify_task
+from tasks.dedupe import dedupe_task
+from tasks.fetch import fetch_task
+from tasks.parse import parse_task
+from tasks.store import chunked
+
+STAGE_TASKS = {"clean": clean_task, "dedupe": dedupe_task, "classify": classify_task}
+#: Most feeds one dispatch claims; the next dispatch takes the rest.
+DISPATCH_LIMIT = 500
+
+
+def claim_feeds(
+    settings: Settings,
+    *,
+    due_only: bool = True,
+    feed_ids: Sequence[int] | None = None,
+    limit: int = DISPATCH_LIMIT,
+) -> list[int]:
+    """Lease active feeds not being fetched (due ones, unless ``due_only`` is off); return new poll ids."""
+    now = utcnow()
+    with session_scope(settings) as session:
+        query = (
+            select(Feed)
+            .where(
+                Feed.status == "active",
+                or_(Feed.lease_until.is_(None), Feed.lease_until < now),
+            )
+            .order_by(Feed.next_poll_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if due_only:
+            query = query.where(Feed.next_poll_at <= now)
+        if feed_ids is not None:
+            query = query.where(Feed.id.in_(feed_ids))
+        feeds = session.scalars(query).all()
+        polls = []
+        for feed in feeds:
+            feed.lease_until = now + timedelta(seconds=settings.lease_seconds)
+            poll = Poll(feed_id=feed.id, requested_at=now)
+            session.add(poll)
+            polls.append(poll)
+        session.flush()
+        return [poll.id for poll in polls]
+
+
+def enqueue_fetches(poll_ids: Sequence[int]) -> None:
+    for poll_id in poll_ids:
+        fetch_task.delay(PollRef(poll_id).to_message())
+
+
+def requeue_unfinished(settings: Settings) -> dict[str, int]:
+    """Enqueue every article still pending in a stage and every unparsed body.
+
+    Stages are idempotent, so re-sending work that is also still queued
+    costs a little time and changes nothing.
+    """
+    counts: dict[str, int] = {}
+    with session_scope(settings) as session:
+        unparsed = list(session.scalars(select(Poll.id).where(Poll.status == POLL_FETCHED)))
+        pending = session.execute(
+            select(Article.stage, Article.id)
+            .where(Article.status == PENDING, Article.stage.in_(list(STAGE_TASKS)))
+            .order_by(Article.id)
+        ).all()
+    for poll_id in unparsed:
+        parse_task.delay(PollRef(poll_id).to_message())
+    counts["parse"] = len(unparsed)
+    for stage, task in STAGE_TASKS.items():
+        ids = [article_id for row_stage, article_id in pending if row_stage == stage]
+        for batch in chunked(ids, settings.batch_size):
+            task.delay(ArticleBatch(tuple(batch)).to_message())
+        counts[stage] = len(ids)
+    return counts
+
+
+@shared_task(base=StageTask, name="feedmill.dispatch")
+def dispatch_task() -> int:
+    """Periodic (celery beat): claim due feeds and enqueue their fetches."""
+    poll_ids = claim_feeds(current_settings())
+    enqueue_fetches(poll_ids)
+    return len(poll_ids)
