@@ -110,9 +110,9 @@ def migrate(settings: Settings) -> None:
     config.set_main_option("sqlalchemy.url", normalize_url(settings.database_url))
     sqlite_path = _sqlite_path(normalize_url(settings.database_url))
     if sqlite_path is None:
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")
         return
     sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     with open(sqlite_path.with_name(sqlite_path.name + ".migrate-lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")

@@ -20,7 +20,15 @@ from celery import shared_task
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
-from schemas.models import POLL_ERROR, POLL_FETCHED, POLL_NOT_MODIFIED, POLL_QUEUED, Feed, Poll, utcnow
+from schemas.models import (
+    POLL_ERROR,
+    POLL_FETCHED,
+    POLL_NOT_MODIFIED,
+    POLL_QUEUED,
+    Feed,
+    Poll,
+    utcnow,
+)
 from schemas.payloads import FetchResult, PollRef
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask

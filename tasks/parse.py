@@ -23,7 +23,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schemas.db import insert_for, session_scope
-from schemas.models import PENDING, POLL_ERROR, POLL_FETCHED, POLL_PARSED, Article, Feed, Poll, utcnow
+from schemas.models import (
+    PENDING,
+    POLL_ERROR,
+    POLL_FETCHED,
+    POLL_PARSED,
+    Article,
+    Feed,
+    Poll,
+    utcnow,
+)
 from schemas.payloads import ArticleBatch, ParsedFeed, PollRef, RawEntry
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask

@@ -15,7 +15,14 @@ import pytest
 from celery import Celery
 
 from schemas.settings import Settings
-from tests.conftest import EXAMPLES, Publisher, WorkerProcess, feedmill, make_settings, rss
+from tests.conftest import (
+    EXAMPLES,
+    Publisher,
+    WorkerProcess,
+    feedmill,
+    make_settings,
+    rss,
+)
 
 SEED_TITLES = {
     "Pro-Iran Factions Keep up Escalation against Iraqi President, PM, US",

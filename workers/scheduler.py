@@ -19,8 +19,8 @@ from schemas.models import PENDING, POLL_FETCHED, Article, Feed, Poll, utcnow
 from schemas.payloads import ArticleBatch, PollRef
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
-from tasks.clean import clean_task
 from tasks.classify import classify_task
+from tasks.clean import clean_task
 from tasks.dedupe import dedupe_task
 from tasks.fetch import fetch_task
 from tasks.parse import parse_task
