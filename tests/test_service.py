@@ -1,0 +1,78 @@
+"""The long-running service (`feedmill run`) and the stage runner's failure isolation."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import select
+
+from schemas.db import session_scope
+from schemas.models import FAILED, PENDING, Article, Feed
+from schemas.settings import Settings
+from tasks.store import run_article_stage
+from tests.conftest import EXAMPLES, Publisher, feedmill, feedmill_env, make_settings
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
+    if request.param == "embedded":
+        return make_settings(tmp_path)
+    return request.getfixturevalue("postgres_settings")
+
+
+def test_run_service_polls_processes_and_stops_on_sigterm(settings: Settings, publisher: Publisher) -> None:
+    url = publisher.add("/seed.xml", (EXAMPLES / "seed-news.xml").read_bytes())
+    assert feedmill(settings, "feeds", "add", url).returncode == 0
+    service = subprocess.Popen(
+        [sys.executable, "-m", "workers", "run", "--concurrency", "1"],
+        env=feedmill_env(settings),
+        cwd=settings.home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            listed = [json.loads(line) for line in feedmill(settings, "export").stdout.splitlines()]
+            if len(listed) == 2 and all(a["stage"] == "done" for a in listed):
+                break
+            assert service.poll() is None, service.stdout.read().decode()
+            assert time.monotonic() < deadline, "articles not processed by the running service"
+            time.sleep(1)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        output = service.communicate(timeout=60)[0].decode()
+    assert service.returncode == 0, output
+    assert "beat: Starting" in output  # the scheduler ran alongside the workers
+    assert publisher.hits("/seed.xml") >= 1
+
+
+def test_one_failing_article_never_takes_down_its_batch(sqlite_settings: Settings) -> None:
+    with session_scope(sqlite_settings) as session:
+        feed = Feed(url="https://example.org/feed")
+        session.add(feed)
+        session.flush()
+        for key in ("a", "b", "c"):
+            session.add(Article(feed_id=feed.id, entry_key=key, raw_hash=key, raw_title=key))
+    with session_scope(sqlite_settings) as session:
+        ids = list(session.scalars(select(Article.id).order_by(Article.id)))
+
+    def explode_on_b(_session, article: Article) -> None:
+        article.title = article.raw_title.upper()
+        if article.entry_key == "b":
+            raise ValueError("bad input in b")
+
+    ready = run_article_stage(sqlite_settings, "clean", ids, explode_on_b)
+    assert ready == [ids[0], ids[2]]
+    with session_scope(sqlite_settings) as session:
+        rows = {a.entry_key: a for a in session.scalars(select(Article))}
+        assert (rows["a"].stage, rows["a"].status, rows["a"].title) == ("dedupe", PENDING, "A")
+        assert (rows["b"].stage, rows["b"].status, rows["b"].title) == ("clean", FAILED, None)
+        assert rows["b"].error == "clean: ValueError: bad input in b"
+    # Repeated: nothing left in this stage to do, the same ids are handed on again.
+    assert run_article_stage(sqlite_settings, "clean", ids, explode_on_b) == [ids[0], ids[2]]
