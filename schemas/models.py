@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -30,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 STAGES = ("clean", "dedupe", "classify", "done")
 #: Status of an article within its stage.
 PENDING, FAILED, OK = "pending", "failed", "ok"
-#: Poll lifecycle: queued -> fetched -> parsed, or not_modified / error.
+#: Poll lifecycle: queued -> fetched -> parsed, or not_modified / error / deferred.
 POLL_QUEUED, POLL_FETCHED, POLL_PARSED, POLL_NOT_MODIFIED, POLL_ERROR = (
     "queued",
     "fetched",
@@ -38,7 +40,9 @@ POLL_QUEUED, POLL_FETCHED, POLL_PARSED, POLL_NOT_MODIFIED, POLL_ERROR = (
     "not_modified",
     "error",
 )
-POLL_FINISHED = (POLL_PARSED, POLL_NOT_MODIFIED, POLL_ERROR)
+#: The publisher asked us to come back later (429/503 with Retry-After): not a feed error.
+POLL_DEFERRED = "deferred"
+POLL_FINISHED = (POLL_PARSED, POLL_NOT_MODIFIED, POLL_ERROR, POLL_DEFERRED)
 
 
 def utcnow() -> datetime:
@@ -82,9 +86,29 @@ class Feed(Base):
     site_url: Mapped[str | None] = mapped_column(Text)
     #: active | paused | retired
     status: Mapped[str] = mapped_column(String(16), default="active")
+    #: Why the feed is paused or retired, or why its URL changed: for operators.
+    status_reason: Mapped[str | None] = mapped_column(Text)
     etag: Mapped[str | None] = mapped_column(Text)
     last_modified: Mapped[str | None] = mapped_column(Text)
     next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Which scheduling rule set ``next_poll_at``, in words.
+    next_poll_reason: Mapped[str | None] = mapped_column(Text)
+    #: Operator's fixed interval in seconds, replacing the adaptive one.
+    interval_override: Mapped[int | None] = mapped_column(Integer)
+    #: The feed document's own hints: ttl, sy:updatePeriod, skipHours, skipDays.
+    schedule_hints: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    #: Target of the permanent redirects seen in a row, and how many polls saw it.
+    redirect_target: Mapped[str | None] = mapped_column(Text)
+    redirect_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: WebSub: wanted by the operator; hub and topic from the feed; state of the subscription.
+    websub_wanted: Mapped[bool] = mapped_column(Boolean, default=False)
+    websub_hub: Mapped[str | None] = mapped_column(Text)
+    websub_topic: Mapped[str | None] = mapped_column(Text)
+    websub_secret: Mapped[str | None] = mapped_column(Text)
+    #: none | requested | active | denied | failed
+    websub_state: Mapped[str] = mapped_column(String(16), default="none")
+    websub_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    websub_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: A fetch holds the feed until this time; an expired lease frees it again.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -117,12 +141,36 @@ class Poll(Base):
     #: Raw response body; kept from fetch until parse succeeds, then cleared.
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
     content_type: Mapped[str | None] = mapped_column(Text)
+    #: Cache-Control, Expires and Retry-After of the response, for scheduling and history.
+    cache_headers: Mapped[dict[str, str] | None] = mapped_column(JSONValue)
+    #: poll (we fetched it) or push (a WebSub hub delivered it).
+    kind: Mapped[str] = mapped_column(String(8), default="poll")
     #: Validators of this response; copied to the feed only once parsing succeeds,
     #: so a body that failed to parse is fetched again rather than answered 304.
     etag: Mapped[str | None] = mapped_column(Text)
     last_modified: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_polls_status", "status"),)
+
+
+class Host(Base):
+    """Per-host politeness state shared by every worker: when the last fetch started."""
+
+    __tablename__ = "hosts"
+
+    host: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class HostFetch(Base):
+    """A fetch in flight to a host; the lease frees the slot if its worker dies."""
+
+    __tablename__ = "host_fetches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    host: Mapped[str] = mapped_column(Text, index=True)
+    poll_id: Mapped[int | None] = mapped_column(BigId)
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Article(Base):
@@ -139,6 +187,8 @@ class Article(Base):
     raw_author: Mapped[str | None] = mapped_column(Text)
     raw_summary_html: Mapped[str | None] = mapped_column(Text)
     raw_content_html: Mapped[str | None] = mapped_column(Text)
+    #: The entry's categories as the feed gave them.
+    raw_tags: Mapped[list[str] | None] = mapped_column(JSONValue)
     #: Fingerprint of the raw fields: an unchanged re-poll matches it and stores nothing.
     raw_hash: Mapped[str] = mapped_column(String(64))
     #: The poll that last inserted or changed this article.
@@ -158,10 +208,25 @@ class Article(Base):
     duplicate_of: Mapped[int | None] = mapped_column(
         ForeignKey("articles.id", ondelete="SET NULL")
     )
+    #: The first-seen article of this article's story cluster (its own id if it is that
+    #: article); NULL until deduped. Not a foreign key: it names a cluster.
+    cluster_id: Mapped[int | None] = mapped_column(BigId)
+    #: Why ``duplicate_of`` is set: url, text, near or reissue (docs/dedupe.md).
+    duplicate_reason: Mapped[str | None] = mapped_column(String(16))
+    #: ``content_hash`` of the text before its last change.
+    previous_content_hash: Mapped[str | None] = mapped_column(String(64))
     # Written by the classify stage.
     language: Mapped[str | None] = mapped_column(String(8))
     topics: Mapped[list[list[Any]] | None] = mapped_column(JSONValue)
     places: Mapped[list[str] | None] = mapped_column(JSONValue)
+    #: The feed's categories (parse) plus the tags of matching rules (classify).
+    tags: Mapped[list[str] | None] = mapped_column(JSONValue)
+    #: Version of the trained topic model that labelled it; NULL for the default lexicon.
+    classifier_version: Mapped[int | None] = mapped_column(Integer)
+    #: The drop rule that matched: the row stays as a tombstone (no re-insert as new),
+    #: export leaves it out. Not a foreign key: removing the rule keeps the tombstone
+    #: until the article is reprocessed.
+    dropped_by: Mapped[int | None] = mapped_column(Integer)
 
     #: The stage this article waits for (see STAGES); ``done`` when finished.
     stage: Mapped[str] = mapped_column(String(16), default="clean")
@@ -177,4 +242,81 @@ class Article(Base):
         Index("ix_articles_content_hash", "content_hash"),
         Index("ix_articles_url", "url"),
         Index("ix_articles_poll", "poll_id"),
+        Index("ix_articles_feed_published", "feed_id", "published_at"),
+        Index("ix_articles_cluster", "cluster_id"),
     )
+
+
+class MinhashSignature(Base):
+    """An article's MinHash signature at one shingle size (written by dedupe)."""
+
+    __tablename__ = "minhash_signatures"
+
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
+    shingle_words: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: NUM_PERM little-endian uint32 values.
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MinhashBand(Base):
+    """The LSH index shared by every worker: one row per band key of a signature."""
+
+    __tablename__ = "minhash_bands"
+
+    band_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    article_id: Mapped[int] = mapped_column(
+        ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class ClassifierModel(Base):
+    """A trained topic model: its file's bytes, so workers on any host can load it.
+
+    At most one row is active; workers check which one per batch and load a
+    new version when it changes, without restarting.
+    """
+
+    __tablename__ = "classifier_models"
+
+    #: The model's version number.
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    labels: Mapped[list[str]] = mapped_column(JSONValue)
+    #: Where the labelled data came from, and where the model file was written.
+    source: Mapped[str] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(Text)
+    #: Examples trained on and the held-out evaluation, as ``classifier train`` printed it.
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index(
+            "ux_classifier_models_active",
+            "active",
+            unique=True,
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
+    )
+
+
+class Rule(Base):
+    """An operator's rule: a keyword or regex on some fields; tag, drop or keep on a match."""
+
+    __tablename__ = "rules"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: The feed it applies to; NULL for every feed.
+    feed_id: Mapped[int | None] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), index=True)
+    #: tag | drop | keep
+    action: Mapped[str] = mapped_column(String(8))
+    #: The tag a ``tag`` rule adds.
+    tag: Mapped[str | None] = mapped_column(Text)
+    #: keyword | regex
+    kind: Mapped[str] = mapped_column(String(8))
+    pattern: Mapped[str] = mapped_column(Text)
+    #: Fields searched: any of title, text, author, url, tags.
+    fields: Mapped[list[str]] = mapped_column(JSONValue)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -52,6 +52,10 @@ class FetchResult:
     last_modified: str | None
     content_type: str | None
     error: str | None = None
+    #: Cache-Control, Expires and Retry-After as received (lowercase names).
+    cache_headers: dict[str, str] = field(default_factory=dict)
+    #: Where the feed now lives when every redirect followed was permanent (301/308).
+    permanent_redirect: str | None = None
 
     @property
     def not_modified(self) -> bool:
@@ -76,6 +80,8 @@ class RawEntry:
     summary_html: str | None
     content_html: str | None
     raw_hash: str
+    #: The entry's categories (RSS ``category``, Atom ``category/@term``), for rules.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,11 @@ class ParsedFeed:
     site_url: str | None
     entries: tuple[RawEntry, ...]
     bozo_error: str | None = None
+    #: The document's scheduling hints (ttl, sy:updatePeriod, skipHours, skipDays).
+    schedule_hints: dict[str, Any] = field(default_factory=dict)
+    #: WebSub: the hub the feed advertises and its own canonical (self) URL.
+    hub_url: str | None = None
+    self_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,3 +138,17 @@ class Classification:
     language: str | None
     topics: tuple[tuple[str, float], ...]
     places: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TopicEvidence:
+    """Why a topic scored what it did, from the lexicon or a trained model (for ``explain``).
+
+    ``terms`` are the words behind the score with what each contributed, largest
+    first; ``kept`` says whether the topic made it into the article's topics.
+    """
+
+    topic: str
+    score: float
+    kept: bool
+    terms: tuple[tuple[str, float], ...]

@@ -43,14 +43,35 @@ class Settings:
     fetch_deadline: float = 60.0
     #: FEEDMILL_MAX_REDIRECTS: redirects followed before a fetch fails.
     max_redirects: int = 5
-    #: FEEDMILL_POLL_INTERVAL: seconds between polls of one feed.
+    #: FEEDMILL_POLL_INTERVAL: seconds between polls while a feed's publishing rate is unknown.
     poll_interval: int = 1800
+    #: FEEDMILL_MIN_INTERVAL: shortest adaptive interval between polls of one feed, seconds.
+    min_interval: int = 300
+    #: FEEDMILL_MAX_INTERVAL: longest adaptive interval, seconds (publisher hints may ask for more).
+    max_interval: int = 86400
+    #: FEEDMILL_ERROR_BACKOFF_CAP: longest wait after repeated errors, seconds; polling never stops.
+    error_backoff_cap: int = 86400
+    #: FEEDMILL_SCHEDULE_JITTER: up to this fraction is added to each interval to spread load.
+    schedule_jitter: float = 0.1
+    #: FEEDMILL_HOST_MAX_CONCURRENT: fetches in flight to one host, across all workers.
+    host_max_concurrent: int = 2
+    #: FEEDMILL_HOST_MIN_INTERVAL: seconds between the starts of two fetches to one host.
+    host_min_interval: float = 1.0
+    #: FEEDMILL_REDIRECT_THRESHOLD: polls in a row that must see the same permanent redirect
+    #: before the stored feed URL changes.
+    redirect_threshold: int = 3
+    #: FEEDMILL_WEBSUB_CALLBACK_URL: public base URL of `feedmill web`, for WebSub hubs to call.
+    websub_callback_url: str = ""
     #: FEEDMILL_DISPATCH_EVERY: seconds between the scheduler's looks for due feeds.
     dispatch_every: float = 30.0
     #: FEEDMILL_LEASE_SECONDS: how long a claimed feed stays locked to one fetch.
     lease_seconds: int = 300
     #: FEEDMILL_BATCH_SIZE: most articles one stage task handles.
     batch_size: int = 200
+    #: FEEDMILL_DEDUPE_THRESHOLD: estimated Jaccard (word 3-shingles) from which a text is a near duplicate.
+    dedupe_threshold: float = 0.4
+    #: FEEDMILL_DEDUPE_REISSUE_DAYS: a new entry repeating one of its feed's entries this recent is a reissue.
+    dedupe_reissue_days: float = 7.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -66,9 +87,19 @@ class Settings:
             fetch_deadline=float(env("FEEDMILL_FETCH_DEADLINE") or cls.fetch_deadline),
             max_redirects=int(env("FEEDMILL_MAX_REDIRECTS") or cls.max_redirects),
             poll_interval=int(env("FEEDMILL_POLL_INTERVAL") or cls.poll_interval),
+            min_interval=int(env("FEEDMILL_MIN_INTERVAL") or cls.min_interval),
+            max_interval=int(env("FEEDMILL_MAX_INTERVAL") or cls.max_interval),
+            error_backoff_cap=int(env("FEEDMILL_ERROR_BACKOFF_CAP") or cls.error_backoff_cap),
+            schedule_jitter=float(env("FEEDMILL_SCHEDULE_JITTER") or cls.schedule_jitter),
+            host_max_concurrent=int(env("FEEDMILL_HOST_MAX_CONCURRENT") or cls.host_max_concurrent),
+            host_min_interval=float(env("FEEDMILL_HOST_MIN_INTERVAL") or cls.host_min_interval),
+            redirect_threshold=int(env("FEEDMILL_REDIRECT_THRESHOLD") or cls.redirect_threshold),
+            websub_callback_url=env("FEEDMILL_WEBSUB_CALLBACK_URL") or cls.websub_callback_url,
             dispatch_every=float(env("FEEDMILL_DISPATCH_EVERY") or cls.dispatch_every),
             lease_seconds=int(env("FEEDMILL_LEASE_SECONDS") or cls.lease_seconds),
             batch_size=int(env("FEEDMILL_BATCH_SIZE") or cls.batch_size),
+            dedupe_threshold=float(env("FEEDMILL_DEDUPE_THRESHOLD") or cls.dedupe_threshold),
+            dedupe_reissue_days=float(env("FEEDMILL_DEDUPE_REISSUE_DAYS") or cls.dedupe_reissue_days),
         )
 
     @property

@@ -1,16 +1,23 @@
-"""Classify stage: the language, IPTC topics and countries of one article.
+"""Classify stage: the language, topics, countries, tags and drop decision of one article.
 
-The labelling is a pure function of (title, text): no database, no
-network; ``apply_classify`` and the Celery task at the end are the thin
-layer that reads and writes the article row. The lexicon, the gazetteer and the language model are loaded once
-per process, on first use, and kept (``functools.cache``).
+The labelling is a pure function of (title, text) and, when the operator
+has them, a trained model and rules: no network. ``apply_classify`` and the
+Celery task at the end are the thin layer that reads and writes the article
+row. The lexicon, the gazetteer and the language model are loaded once per
+process, on first use, and kept (``functools.cache``).
 
 * Language: py3langid, whose model ships inside the package.
 * Topics: a hand-written weighted lexicon (``data/topics_lexicon.tsv``)
-  matched in one Aho-Corasick pass over the lowercased title and text.
+  matched in one Aho-Corasick pass over the lowercased title and text; or,
+  when one is active, the operator's trained model (``classify_model``),
+  which then replaces the lexicon for topics.
 * Places: a country gazetteer (``data/places_gazetteer.tsv``) matched in one
   case-sensitive Aho-Corasick pass; the file's header documents how
   ambiguous names are resolved.
+* Tags and drops: the operator's rules (``rules``).
+
+The model and the rules are looked up once per batch (``load_setup``), so a
+newly activated model or a new rule applies from the next batch on.
 """
 
 from __future__ import annotations
@@ -18,20 +25,24 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from functools import cache
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache, partial
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import ahocorasick
 from celery import shared_task
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 from sqlalchemy.orm import Session
 
+from schemas.db import session_scope
 from schemas.models import Article
-from schemas.payloads import ArticleBatch, Classification
+from schemas.payloads import ArticleBatch, Classification, TopicEvidence
 from schemas.settings import current_settings
 from tasks.base import StageTask
+from tasks.classify_model import TopicModel, active_model
+from tasks.rules import CompiledRule, RuleOutcome, apply_rules, load_rules
 from tasks.store import run_article_stage
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -88,9 +99,10 @@ _NOT_LETTERS = re.compile(r"[\W\d_]+")
 
 
 class Match(NamedTuple):
-    """One accepted automaton hit: where it starts and what it stands for."""
+    """One accepted automaton hit: where it starts and ends (exclusive), and what it stands for."""
 
     start: int
+    end: int
     value: Any
 
 
@@ -187,8 +199,8 @@ def _word_matches(
     matches, free_from = [], 0
     for start, neg_length, value in candidates:
         if start >= free_from:
-            matches.append(Match(start, value))
             free_from = start - neg_length
+            matches.append(Match(start, free_from, value))
     return matches
 
 
@@ -228,7 +240,7 @@ def _topic_evidence(title: str, text: str) -> tuple[dict[str, Counter], int]:
     title = title.lower()
     haystack = f"{title}\n{text.lower()}"
     counts: Counter[tuple[str, str, float]] = Counter()
-    for start, entries in _word_matches(
+    for start, _end, entries in _word_matches(
         _topic_automaton(), haystack, _topic_entries_at_boundary
     ):
         hits = TITLE_WEIGHT if start < len(title) else 1.0
@@ -240,41 +252,33 @@ def _topic_evidence(title: str, text: str) -> tuple[dict[str, Counter], int]:
     return evidence, len(haystack.split())
 
 
-def score_topics(title: str, text: str) -> tuple[tuple[str, float], ...]:
-    """IPTC topics with scores in [0, 1], best first; only those clearly present.
+def weigh_topics(title: str, text: str) -> list[TopicEvidence]:
+    """Every topic with lexicon evidence, strongest first: score, kept or not, and the
+    matched terms with the weight each added.
 
     A topic's evidence is its summed term weights per 100 words, so articles
     of different lengths compare; the score saturates with it. A topic is
     kept if its evidence is a fair share of the best topic's and its score
-    reaches an absolute minimum.
+    reaches an absolute minimum. Each term weight is already title-boosted and
+    log-damped (see _topic_evidence).
     """
     evidence, words = _topic_evidence(title, text)
     per_100_words = 100.0 / max(words, MIN_WORDS_FOR_DENSITY)
     density = {topic: sum(terms.values()) * per_100_words for topic, terms in evidence.items()}
-    if not density:
-        return ()
-    best = max(density.values())
-    kept = []
+    best = max(density.values(), default=0.0)
+    weighed = []
     for topic, value in sorted(density.items(), key=lambda item: (-item[1], item[0])):
-        score = 1.0 - math.exp(-value / DENSITY_SCALE)
-        if value >= MIN_SHARE_OF_BEST * best and score >= MIN_TOPIC_SCORE:
-            kept.append((topic, round(score, 4)))
-    return tuple(kept)
+        score = round(1.0 - math.exp(-value / DENSITY_SCALE), 4)
+        terms = sorted(((term, round(w, 3)) for term, w in evidence[topic].items()),
+                       key=lambda item: (-item[1], item[0]))
+        kept = value >= MIN_SHARE_OF_BEST * best and score >= MIN_TOPIC_SCORE
+        weighed.append(TopicEvidence(topic, score, kept, tuple(terms)))
+    return weighed
 
 
-def explain_topics(title: str, text: str) -> dict[str, list[tuple[str, float]]]:
-    """Per topic (strongest first), the matched lexicon terms and the weight each added.
-
-    Each weight is already title-boosted and log-damped (see _topic_evidence),
-    so a topic's weights add up to the evidence behind its score.
-    """
-    evidence, _ = _topic_evidence(title, text)
-    explained = {
-        topic: sorted(((term, round(w, 3)) for term, w in terms.items()),
-                      key=lambda item: (-item[1], item[0]))
-        for topic, terms in evidence.items()
-    }
-    return dict(sorted(explained.items(), key=lambda item: -sum(w for _, w in item[1])))
+def score_topics(title: str, text: str) -> tuple[tuple[str, float], ...]:
+    """IPTC topics with scores in [0, 1], best first; only those clearly present."""
+    return tuple((e.topic, e.score) for e in weigh_topics(title, text) if e.kept)
 
 
 def find_places(title: str, text: str) -> tuple[str, ...]:
@@ -284,42 +288,114 @@ def find_places(title: str, text: str) -> tuple[str, ...]:
     Ambiguous names ("Georgia") count only if the country is also named
     unambiguously; ties go to the country mentioned first.
     """
+    return tuple(explain_places(title, text))
+
+
+def explain_places(title: str, text: str) -> dict[str, dict[str, int]]:
+    """Per country found (in ``find_places`` order), the names that counted for it and how often."""
     haystack = f"{'' if title.isupper() else title}\n{text}"
-    counts: Counter[str] = Counter()
-    ambiguous: Counter[str] = Counter()
+    names: dict[str, Counter[str]] = defaultdict(Counter)
+    ambiguous: dict[str, Counter[str]] = defaultdict(Counter)
     first_seen: dict[str, int] = {}
-    for start, (code, is_ambiguous) in _word_matches(
+    for start, end, (code, is_ambiguous) in _word_matches(
         _place_automaton(), haystack, _place_at_boundary
     ):
         if code == "-":
             continue
-        (ambiguous if is_ambiguous else counts)[code] += 1
+        (ambiguous if is_ambiguous else names)[code][haystack[start:end]] += 1
         first_seen.setdefault(code, start)
-    for code, n in ambiguous.items():
-        if code in counts:
-            counts[code] += n
-    return tuple(sorted(counts, key=lambda code: (-counts[code], first_seen[code])))
+    for code, counted in ambiguous.items():
+        if code in names:
+            names[code].update(counted)
+    order = sorted(names, key=lambda code: (-names[code].total(), first_seen[code]))
+    return {code: dict(names[code].most_common()) for code in order}
 
 
-def classify_article(title: str, text: str) -> Classification:
-    """Language, topics and places of one article (title and plain text)."""
+@dataclass(frozen=True)
+class ClassifySetup:
+    """What the operator configured, read once per batch: the active model and the rules."""
+
+    model: TopicModel | None = None
+    rules: tuple[CompiledRule, ...] = ()
+
+
+def load_setup(session: Session) -> ClassifySetup:
+    return ClassifySetup(model=active_model(session), rules=load_rules(session))
+
+
+def classify_article(title: str, text: str, model: TopicModel | None = None) -> Classification:
+    """Language, topics and places of one article (title and plain text).
+
+    Topics come from ``model`` when given (it replaces the lexicon), else from the lexicon.
+    """
     title, text = title or "", text or ""
     return Classification(
         language=detect_language(title, text),
-        topics=score_topics(title, text),
+        topics=model.score(title, text) if model else score_topics(title, text),
         places=find_places(title, text),
     )
 
 
-def apply_classify(_session: Session, article: Article) -> None:
-    """Label one stored article from its clean title and text."""
-    result = classify_article(article.title or "", article.text or "")
+def rule_fields(article: Article) -> dict[str, str]:
+    """The fields rules search, from the clean article."""
+    return {
+        "title": article.title or "",
+        "text": article.text or "",
+        "author": article.author or "",
+        "url": article.url or article.link or "",
+    }
+
+
+def apply_article_rules(setup: ClassifySetup, article: Article) -> RuleOutcome:
+    return apply_rules(setup.rules, article.feed_id, rule_fields(article), article.raw_tags or ())
+
+
+def apply_classify(_session: Session, article: Article, setup: ClassifySetup) -> None:
+    """Label one stored article from its clean title and text, and apply the rules."""
+    outcome = apply_article_rules(setup, article)
+    result = classify_article(article.title or "", article.text or "", setup.model)
     article.language = result.language
     article.topics = [[label, score] for label, score in result.topics]
     article.places = list(result.places)
+    article.classifier_version = setup.model.version if setup.model else None
+    article.tags = list(outcome.tags)
+    article.dropped_by = outcome.dropped_by
+
+
+def explain_article(setup: ClassifySetup, article: Article) -> dict[str, Any]:
+    """Why the current classifier and rules label ``article`` as they do (``feedmill explain``)."""
+    title, text = article.title or "", article.text or ""
+    result = classify_article(title, text, setup.model)
+    weighed = setup.model.weigh(title, text) if setup.model else weigh_topics(title, text)
+    outcome = apply_article_rules(setup, article)
+    by_id = {rule.id: rule for rule in setup.rules}
+    if setup.model:
+        classifier = {"kind": "model", "version": setup.model.version, "labels": list(setup.model.labels)}
+    else:
+        classifier = {"kind": "lexicon", "version": None, "labels": list(TOPICS)}
+    return {
+        "classifier": classifier,
+        "language": result.language,
+        "topics": [
+            {"topic": e.topic, "score": e.score, "kept": e.kept, "terms": [list(t) for t in e.terms]}
+            for e in weighed
+            if e.terms or e.kept
+        ],
+        "places": [{"code": code, "names": names} for code, names in explain_places(title, text).items()],
+        "rules": [
+            {"id": rule_id, "action": by_id[rule_id].action, "tag": by_id[rule_id].tag,
+             "global": by_id[rule_id].feed_id is None, "rule": by_id[rule_id].describe()}
+            for rule_id in outcome.matched
+        ],
+        "tags": list(outcome.tags),
+        "dropped_by": outcome.dropped_by,
+    }
 
 
 @shared_task(base=StageTask, name="feedmill.classify")
 def classify_task(message: dict) -> None:
     batch = ArticleBatch.from_message(message)
-    run_article_stage(current_settings(), "classify", batch.article_ids, apply_classify)
+    settings = current_settings()
+    with session_scope(settings) as session:
+        setup = load_setup(session)
+    run_article_stage(settings, "classify", batch.article_ids, partial(apply_classify, setup=setup))

@@ -1,8 +1,21 @@
-"""Dedupe stage: link an article that repeats an earlier one to the first-seen copy.
+"""Dedupe stage: one story, however many times and places it appears.
 
-The same feed and entry never make two rows (parse's unique key does that).
-Here, an article from anywhere whose canonical URL or normalized text
-matches an earlier article gets ``duplicate_of`` = that first-seen article.
+Parse already stores one row per feed entry (its GUID, link or title+date),
+an unchanged repeat as nothing and a changed one as a new revision. This stage
+links the other copies of a story to the first one seen:
+
+* the same canonical URL, or the same normalized text (``content_hash``);
+* a near duplicate: MinHash signatures of word shingles, found through LSH
+  band keys stored in SQL (``minhash_bands``) and confirmed by an estimated
+  Jaccard similarity of at least ``FEEDMILL_DEDUPE_THRESHOLD``;
+* a "new" entry of a feed that repeats a recent entry of the same feed is that
+  entry again under a new GUID (reason ``reissue``).
+
+A copy gets ``duplicate_of`` and ``cluster_id`` = the first-seen article of its
+story cluster; that article has ``cluster_id`` = its own id. The shingling,
+signatures, band keys and the choice of a match are pure functions; ``DedupeBatch``
+does the SQL: a few queries per batch, under a lock that makes the decisions of
+concurrent workers happen one batch after another (docs/dedupe.md).
 """
 
 from __future__ import annotations
@@ -10,56 +23,394 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
+import numpy as np
 from celery import shared_task
-from sqlalchemy import or_, select
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session
 
-from schemas.models import Article
+from schemas.models import Article, MinhashBand, MinhashSignature, utcnow
 from schemas.payloads import ArticleBatch
-from schemas.settings import current_settings
+from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
 from tasks.classify import classify_task
 from tasks.store import run_article_stage
 
-_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+#: MinHash permutations; LSH uses the first BANDS * ROWS of them.
+NUM_PERM = 128
+BANDS, ROWS = 42, 3  # candidate probability 0.94 at Jaccard 0.4, 0.04 at 0.1
+#: Word shingle sizes. 3 keeps an edited copy (new dateline and footer, the
+#: last third cut and 5% of words changed) above Jaccard 0.4, where 5-word
+#: shingles drop it to about 0.43 and the estimate's noise misses a third of them.
+SHINGLE_WORDS = 3
+#: Texts shorter than this are also shingled by 2 words, which stay similar
+#: when one changed word is a large share of a short summary.
+SHORT_SHINGLE_WORDS, SHORT_TEXT_WORDS = 2, 80
+#: Texts shorter than this ("Watch the video") are matched by URL only.
+MIN_MATCH_WORDS = 10
+#: Rows read from the index per query (bind-parameter limits of SQLite and PostgreSQL).
+QUERY_CHUNK = 5000
+#: PostgreSQL advisory lock held while a batch decides and writes its matches.
+DEDUPE_LOCK_KEY = 0x6665656464757065  # "feeddupe"
+
+URL, TEXT, NEAR, REISSUE = "url", "text", "near", "reissue"
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _constants(name: str, count: int) -> np.ndarray:
+    """Fixed odd 64-bit constants: every process and host must hash alike."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(f"{name}{i}".encode(), digest_size=8).digest(), "little") | 1
+         for i in range(count)],
+        dtype=np.uint64,
+    )
+
+
+_PERM_A = _constants("minhash-a", NUM_PERM)[:, None]
+_PERM_B = _constants("minhash-b", NUM_PERM)[:, None]
+_POSITION = _constants("shingle-position", max(SHINGLE_WORDS, SHORT_SHINGLE_WORDS))
+_BAND_ROW = _constants("band-row", ROWS + 2)
+
+
+# --- pure functions -----------------------------------------------------------
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words, punctuation and spacing dropped."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def content_fingerprint(text: str) -> str | None:
     """Hash of the text with case, punctuation and spacing normalized away."""
-    normalized = _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-    if not normalized:
-        return None
-    return hashlib.sha256(normalized.encode()).hexdigest()
+    return _hash_words(words(text))
 
 
-def apply_dedupe(session: Session, article: Article) -> None:
-    """Fingerprint the article and point it at the first earlier copy, if any."""
-    article.content_hash = content_fingerprint(article.text or "")
-    matches = []
-    if article.content_hash:
-        matches.append(Article.content_hash == article.content_hash)
-    if article.url:
-        matches.append(Article.url == article.url)
-    if not matches:
-        article.duplicate_of = None
-        return
-    article.duplicate_of = session.scalar(
-        select(Article.id)
-        .where(
-            Article.id < article.id,
-            Article.duplicate_of.is_(None),
-            Article.stage.in_(("classify", "done")),
-            or_(*matches),
-        )
-        .order_by(Article.id)
-        .limit(1)
+def _hash_words(text_words: Sequence[str]) -> str | None:
+    normalized = " ".join(text_words)
+    return hashlib.sha256(normalized.encode()).hexdigest() if normalized else None
+
+
+def shingle_sizes(word_count: int) -> tuple[int, ...]:
+    """The shingle sizes a text of this many words is compared by."""
+    if word_count < MIN_MATCH_WORDS:
+        return ()
+    if word_count < SHORT_TEXT_WORDS:
+        return (SHORT_SHINGLE_WORDS, SHINGLE_WORDS)
+    return (SHINGLE_WORDS,)
+
+
+def shingle_hashes(text_words: Sequence[str], size: int) -> np.ndarray:
+    """Distinct 64-bit hashes of the text's ``size``-word shingles."""
+    count = len(text_words) - size + 1
+    if count < 1:
+        return np.empty(0, dtype=np.uint64)
+    word_hashes = np.fromiter(
+        (zlib.crc32(w.encode()) for w in text_words), dtype=np.uint64, count=len(text_words)
     )
+    hashes = np.zeros(count, dtype=np.uint64)
+    for position in range(size):
+        hashes += word_hashes[position : position + count] * _POSITION[position]
+    return np.unique(hashes)
+
+
+def minhash(hashes: np.ndarray) -> np.ndarray:
+    """MinHash signature: per permutation (multiply-add-shift hashing), the least 32-bit value."""
+    permuted = hashes[None, :] * _PERM_A
+    permuted += _PERM_B
+    return (permuted.min(axis=1) >> np.uint64(32)).astype(np.uint32)
+
+
+def band_keys(signature: np.ndarray, size: int) -> list[int]:
+    """LSH keys (signed 64-bit): one per band of ROWS values, distinct per shingle size."""
+    rows = signature[: BANDS * ROWS].astype(np.uint64).reshape(BANDS, ROWS)
+    keys = np.arange(BANDS, dtype=np.uint64) * _BAND_ROW[ROWS]
+    keys += np.full(BANDS, size, dtype=np.uint64) * _BAND_ROW[ROWS + 1]
+    for row in range(ROWS):
+        keys += rows[:, row] * _BAND_ROW[row]
+    keys ^= keys >> np.uint64(29)
+    return keys.view(np.int64).tolist()
+
+
+def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of equal signature values: an unbiased estimate of the Jaccard similarity."""
+    return float(np.count_nonzero(a == b)) / NUM_PERM
+
+
+def identifying_url(url: str | None) -> str | None:
+    """The canonical URL if it can name an article; a site's front page cannot."""
+    if not url or urlsplit(url).path in ("", "/"):
+        return None
+    return url
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the stage compares of one text."""
+
+    content_hash: str | None
+    #: Long enough for its content hash to identify a story.
+    matchable: bool
+    #: Shingle size -> MinHash signature.
+    signatures: dict[int, np.ndarray]
+
+    @property
+    def band_keys(self) -> list[int]:
+        return [key for size, sig in self.signatures.items() for key in band_keys(sig, size)]
+
+
+def fingerprint(text: str) -> Fingerprint:
+    """Content hash and MinHash signatures of one text, its words split once."""
+    text_words = words(text)
+    return Fingerprint(
+        content_hash=_hash_words(text_words),
+        matchable=len(text_words) >= MIN_MATCH_WORDS,
+        signatures={
+            size: minhash(shingle_hashes(text_words, size)) for size in shingle_sizes(len(text_words))
+        },
+    )
+
+
+@dataclass
+class Known:
+    """An article already placed in a story cluster: a possible match."""
+
+    id: int
+    feed_id: int
+    cluster_id: int
+    seen_at: datetime
+    url: str | None = None
+    content_hash: str | None = None
+    signatures: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Match:
+    known: Known
+    reason: str
+    similarity: float
+
+
+def best_match(
+    fp: Fingerprint,
+    url: str | None,
+    feed_id: int,
+    candidates: Iterable[Known],
+    threshold: float,
+    reissued_since: datetime,
+) -> Match | None:
+    """The article this one repeats, or None.
+
+    A candidate matches on the same identifying URL, the same text, or an
+    estimated Jaccard at or above ``threshold`` at a shingle size both have.
+    The best is the first by URL, text, near; then the oldest cluster (the
+    story's first-seen article), then similarity. If it is an entry of the
+    same feed seen since ``reissued_since``, this is that entry under a new GUID.
+    """
+    url = identifying_url(url)
+    found = []
+    for known in candidates:
+        if url and known.url == url:
+            reason, similarity = URL, 1.0
+        elif fp.matchable and fp.content_hash and known.content_hash == fp.content_hash:
+            reason, similarity = TEXT, 1.0
+        else:
+            similarity = max(
+                (jaccard_estimate(sig, known.signatures[size])
+                 for size, sig in fp.signatures.items() if size in known.signatures),
+                default=0.0,
+            )
+            if similarity < threshold:
+                continue
+            reason = NEAR
+        found.append(((URL, TEXT, NEAR).index(reason), known.cluster_id, -similarity, known.id, reason, known))
+    if not found:
+        return None
+    _, _, negative_similarity, _, reason, known = min(found, key=lambda item: item[:4])
+    if known.feed_id == feed_id and known.seen_at >= reissued_since:
+        reason = REISSUE
+    return Match(known, reason, -negative_similarity)
+
+
+class CandidateIndex:
+    """Known articles by URL, content hash and band key, for one batch's lookups."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[object, dict[int, Known]] = defaultdict(dict)
+
+    def add(self, known: Known, keys: Iterable[object]) -> None:
+        for key in keys:
+            self._by_key[key][known.id] = known
+
+    def candidates(self, keys: Iterable[object]) -> list[Known]:
+        found: dict[int, Known] = {}
+        for key in keys:
+            found.update(self._by_key.get(key, {}))
+        return list(found.values())
+
+
+def lookup_keys(fp: Fingerprint, url: str | None) -> list[object]:
+    """The index keys an article is found by: URL, content hash, band keys."""
+    keys: list[object] = list(fp.band_keys)
+    if identifying_url(url):
+        keys.append(("url", url))
+    if fp.matchable and fp.content_hash:
+        keys.append(("text", fp.content_hash))
+    return keys
+
+
+# --- SQL ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    content_hash: str | None
+    cluster_id: int
+    duplicate_of: int | None
+    reason: str | None
+
+
+class DedupeBatch:
+    """One batch of the stage: decide every article in a few queries, then write each.
+
+    ``prepare`` runs once per claimed batch (see ``run_article_stage``): it
+    fingerprints the batch, takes the dedupe lock, reads the candidates of all
+    its articles at once, decides them in id order (so a batch's own copies
+    link to each other) and writes their index rows. ``apply`` then writes one
+    article's decision.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.threshold = settings.dedupe_threshold
+        self.reissue_window = timedelta(days=settings.dedupe_reissue_days)
+        self.decisions: dict[int, Decision] = {}
+
+    def prepare(self, session: Session, articles: Sequence[Article]) -> None:
+        if not articles:
+            return
+        fps = {a.id: fingerprint(a.text or "") for a in articles}
+        if session.get_bind().dialect.name == "postgresql":
+            # Decisions of concurrent batches happen one after another (SQLite's
+            # BEGIN IMMEDIATE already serialises writers), so two copies of a
+            # story in two workers cannot both become first-seen.
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DEDUPE_LOCK_KEY})
+        batch_ids = {a.id for a in articles}
+        index = _load_candidates(session, articles, fps, batch_ids)
+        now = utcnow()
+        for article in articles:  # in id order
+            fp = fps[article.id]
+            decision = self._decide(article, fp, index, now)
+            self.decisions[article.id] = decision
+            index.add(
+                Known(article.id, article.feed_id, decision.cluster_id, article.created_at or now,
+                      article.url, fp.content_hash if fp.matchable else None, fp.signatures),
+                lookup_keys(fp, article.url),
+            )
+        _write_index(session, articles, fps)
+
+    def _decide(self, article: Article, fp: Fingerprint, index: CandidateIndex, now: datetime) -> Decision:
+        if article.cluster_id == article.id:
+            # First-seen stays first-seen through revisions: its copies keep pointing at it.
+            return Decision(fp.content_hash, article.id, None, None)
+        match = best_match(
+            fp, article.url, article.feed_id, index.candidates(lookup_keys(fp, article.url)),
+            self.threshold, now - self.reissue_window,
+        )
+        if match is None:
+            return Decision(fp.content_hash, article.id, None, None)
+        return Decision(fp.content_hash, match.known.cluster_id, match.known.cluster_id, match.reason)
+
+    def apply(self, _session: Session, article: Article) -> None:
+        decision = self.decisions[article.id]
+        if article.content_hash and article.content_hash != decision.content_hash:
+            article.previous_content_hash = article.content_hash
+        article.content_hash = decision.content_hash
+        article.cluster_id = decision.cluster_id
+        article.duplicate_of = decision.duplicate_of
+        article.duplicate_reason = decision.reason
+
+
+def _chunks(values: Sequence, size: int = QUERY_CHUNK) -> Iterable[Sequence]:
+    return (values[i : i + size] for i in range(0, len(values), size))
+
+
+def _load_candidates(
+    session: Session, articles: Sequence[Article], fps: dict[int, Fingerprint], batch_ids: set[int]
+) -> CandidateIndex:
+    """Every placed article outside the batch sharing a URL, a text or a band key with it."""
+    found: dict[int, Known] = {}
+    columns = (Article.id, Article.feed_id, Article.cluster_id, Article.created_at, Article.url, Article.content_hash)
+    placed = Article.cluster_id.is_not(None)
+
+    def known(row) -> Known:
+        return found.setdefault(
+            row.id, Known(row.id, row.feed_id, row.cluster_id, row.created_at, row.url, row.content_hash)
+        )
+
+    urls = sorted({u for a in articles if (u := identifying_url(a.url))})
+    hashes = sorted({fp.content_hash for fp in fps.values() if fp.matchable and fp.content_hash})
+    for column, values in ((Article.url, urls), (Article.content_hash, hashes)):
+        for chunk in _chunks(values):
+            for row in session.execute(select(*columns).where(column.in_(chunk), placed)):
+                if row.id not in batch_ids:
+                    known(row)
+    band_keys_of: dict[int, list[int]] = defaultdict(list)
+    for chunk in _chunks(sorted({key for fp in fps.values() for key in fp.band_keys})):
+        for band_key, article_id in session.execute(
+            select(MinhashBand.band_key, MinhashBand.article_id).where(MinhashBand.band_key.in_(chunk))
+        ):
+            if article_id not in batch_ids:
+                band_keys_of[article_id].append(band_key)
+    for chunk in _chunks(sorted(band_keys_of)):
+        for row in session.execute(
+            select(*columns, MinhashSignature.shingle_words, MinhashSignature.signature)
+            .join(MinhashSignature, MinhashSignature.article_id == Article.id)
+            .where(Article.id.in_(chunk), placed)
+        ):
+            known(row).signatures[row.shingle_words] = np.frombuffer(row.signature, dtype=np.uint32)
+    index = CandidateIndex()
+    for article_id, candidate in found.items():
+        keys: list[object] = list(band_keys_of.get(article_id, ()))
+        if candidate.url:
+            keys.append(("url", candidate.url))
+        if candidate.content_hash:
+            keys.append(("text", candidate.content_hash))
+        index.add(candidate, keys)
+    return index
+
+
+def _write_index(session: Session, articles: Sequence[Article], fps: dict[int, Fingerprint]) -> None:
+    """Replace the batch's signatures and band keys (a revision's old ones go)."""
+    for chunk in _chunks(sorted(fps)):
+        session.execute(delete(MinhashBand).where(MinhashBand.article_id.in_(chunk)))
+        session.execute(delete(MinhashSignature).where(MinhashSignature.article_id.in_(chunk)))
+    signature_rows, band_rows = [], []
+    for article_id, fp in fps.items():
+        for size, signature in fp.signatures.items():
+            signature_rows.append(
+                {"article_id": article_id, "shingle_words": size, "signature": signature.tobytes()}
+            )
+        band_rows.extend({"band_key": key, "article_id": article_id} for key in set(fp.band_keys))
+    if signature_rows:
+        session.execute(insert(MinhashSignature), signature_rows)
+    if band_rows:
+        session.execute(insert(MinhashBand), band_rows)
+
+
+def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
+    """Dedupe a batch; return the ids ready for classify."""
+    batch = DedupeBatch(settings)
+    return run_article_stage(settings, "dedupe", article_ids, batch.apply, prepare=batch.prepare)
 
 
 @shared_task(base=StageTask, name="feedmill.dedupe")
 def dedupe_task(message: dict) -> None:
-    batch = ArticleBatch.from_message(message)
-    ready = run_article_stage(current_settings(), "dedupe", batch.article_ids, apply_dedupe)
+    ready = run_dedupe(current_settings(), ArticleBatch.from_message(message).article_ids)
     if ready:
         classify_task.delay(ArticleBatch(tuple(ready)).to_message())

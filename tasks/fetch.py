@@ -3,24 +3,27 @@
 ``fetch_feed`` does the HTTP and returns a ``FetchResult``; it refuses
 non-http(s) URLs and private addresses, follows a bounded number of
 redirects itself (checking each hop), caps the body after decompression and
-gives up on slow servers. ``run_fetch`` records the outcome; the body waits
-in the poll row for the parse stage.
+gives up on slow servers. ``run_fetch`` waits its turn for the host (see
+``politeness``), fetches, and records the outcome: the body waits in the
+poll row for the parse stage; 304, errors, 410 and Retry-After finish the
+poll here and schedule the next one.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import time
-from functools import cache
+from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from celery import shared_task
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
 from schemas.models import (
+    POLL_DEFERRED,
     POLL_ERROR,
     POLL_FETCHED,
     POLL_NOT_MODIFIED,
@@ -32,51 +35,15 @@ from schemas.models import (
 from schemas.payloads import FetchResult, PollRef
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
+from tasks.http import FetchRefused, check_url_allowed, http_client
 from tasks.parse import parse_task
+from tasks.politeness import claim_host_slot, release_host_slot
+from tasks.schedule import http_hints
 from tasks.store import finish_poll_of_feed
 
-USER_AGENT = "feedmill/0.1 (feed processing service; polls politely with conditional GET)"
-ACCEPT = (
-    "application/rss+xml, application/atom+xml, application/feed+json;q=0.9, "
-    "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
-)
 ERROR_TEXT_LIMIT = 500
-
-
-class FetchRefused(Exception):
-    """The URL may not be fetched (scheme or address); not worth retrying."""
-
-
-@cache
-def http_client() -> httpx.Client:
-    """One pooled client per process; redirects are followed by ``fetch_feed``."""
-    return httpx.Client(
-        follow_redirects=False,
-        headers={"User-Agent": USER_AGENT, "Accept": ACCEPT},
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
-    )
-
-
-def check_url_allowed(url: str, allow_private_networks: bool) -> None:
-    """Raise ``FetchRefused`` unless the URL is http(s) to a public address."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise FetchRefused(f"refused: only http and https URLs are fetched, not {parts.scheme or 'no scheme'!r}")
-    if not parts.hostname:
-        raise FetchRefused("refused: the URL has no host")
-    if allow_private_networks:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise FetchRefused(f"cannot resolve {parts.hostname}: {exc.strerror}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise FetchRefused(
-                f"refused: {parts.hostname} resolves to non-public address {address} "
-                "(set FEEDMILL_ALLOW_PRIVATE_NETWORKS=1 to allow)"
-            )
+PERMANENT_REDIRECTS = (301, 308)
+CACHE_HEADERS = ("cache-control", "expires", "retry-after")
 
 
 def fetch_feed(
@@ -91,14 +58,17 @@ def fetch_feed(
     timeout = httpx.Timeout(settings.fetch_timeout)
     deadline = time.monotonic() + settings.fetch_deadline
     current = url
+    all_permanent = True
     try:
-        for _hop in range(settings.max_redirects + 1):
+        for hop in range(settings.max_redirects + 1):
             check_url_allowed(current, settings.allow_private_networks)
             with http_client().stream("GET", current, headers=headers, timeout=timeout) as response:
                 if response.is_redirect and "location" in response.headers:
+                    all_permanent = all_permanent and response.status_code in PERMANENT_REDIRECTS
                     current = urljoin(current, response.headers["location"])
                     continue
-                return _read_response(response, current, settings, deadline)
+                moved_to = current if hop > 0 and all_permanent else None
+                return _read_response(response, current, settings, deadline, moved_to)
         return _failed(current, f"more than {settings.max_redirects} redirects")
     except FetchRefused as exc:
         return _failed(current, str(exc))
@@ -111,14 +81,15 @@ def fetch_feed(
 
 
 def _read_response(
-    response: httpx.Response, url: str, settings: Settings, deadline: float
+    response: httpx.Response, url: str, settings: Settings, deadline: float, moved_to: str | None
 ) -> FetchResult:
     code = response.status_code
+    cache_headers = {name: response.headers[name] for name in CACHE_HEADERS if name in response.headers}
     if code == 304:
-        return FetchResult(304, url, None, None, None, None)
+        return FetchResult(304, url, None, None, None, None, cache_headers=cache_headers, permanent_redirect=moved_to)
     if code >= 400 or code < 200:
         reason = response.reason_phrase or ""
-        return _failed(url, f"HTTP {code} {reason}".strip(), code)
+        return _failed(url, f"HTTP {code} {reason}".strip(), code, cache_headers)
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():  # decoded: the cap applies after decompression
@@ -135,35 +106,66 @@ def _read_response(
         etag=response.headers.get("etag"),
         last_modified=response.headers.get("last-modified"),
         content_type=response.headers.get("content-type"),
+        cache_headers=cache_headers,
+        permanent_redirect=moved_to,
     )
 
 
-def _failed(url: str, error: str, status_code: int | None = None) -> FetchResult:
-    return FetchResult(status_code, url, None, None, None, None, error=error[:ERROR_TEXT_LIMIT])
+def _failed(
+    url: str, error: str, status_code: int | None = None, cache_headers: dict[str, str] | None = None
+) -> FetchResult:
+    return FetchResult(
+        status_code, url, None, None, None, None, error=error[:ERROR_TEXT_LIMIT], cache_headers=cache_headers or {}
+    )
 
 
-def run_fetch(settings: Settings, poll_id: int) -> bool:
-    """Fetch the feed of a queued poll and record it; True when the body awaits parsing."""
+@dataclass(frozen=True)
+class FetchStep:
+    """What the fetch task does next: hand the body to parse, or ask again later."""
+
+    parse: bool = False
+    wait_seconds: float | None = None
+
+
+def run_fetch(settings: Settings, poll_id: int) -> FetchStep:
+    """Fetch the feed of a queued poll when its host allows, and record the outcome."""
     with session_scope(settings) as session:
         poll = session.get(Poll, poll_id)
         if poll is None or poll.status != POLL_QUEUED:
             # Redelivered after it was recorded: hand on to parse again only if unparsed.
-            return poll is not None and poll.status == POLL_FETCHED
+            return FetchStep(parse=poll is not None and poll.status == POLL_FETCHED)
         feed = session.get(Feed, poll.feed_id)
         assert feed is not None
         url, etag, last_modified = feed.url, feed.etag, feed.last_modified
-        poll.started_at = utcnow()
-    started = time.monotonic()
-    result = fetch_feed(url, etag, last_modified, settings)
-    duration_ms = int((time.monotonic() - started) * 1000)
+    claim = claim_host_slot(settings, urlsplit(url).hostname or "", poll_id)
+    if claim.slot_id is None:
+        with session_scope(settings) as session:
+            # Waiting our turn is not a stuck fetch: keep the feed's lease alive.
+            session.execute(
+                update(Feed)
+                .where(Feed.id == poll.feed_id)
+                .values(lease_until=utcnow() + timedelta(seconds=settings.lease_seconds))
+            )
+        return FetchStep(wait_seconds=claim.wait_seconds)
+    try:
+        with session_scope(settings) as session:
+            session.execute(update(Poll).where(Poll.id == poll_id).values(started_at=utcnow()))
+        started = time.monotonic()
+        result = fetch_feed(url, etag, last_modified, settings)
+        duration_ms = int((time.monotonic() - started) * 1000)
+    finally:
+        release_host_slot(settings, claim.slot_id)
     with session_scope(settings) as session:
-        return record_fetch(session, settings, poll_id, result, duration_ms)
+        return FetchStep(parse=record_fetch(session, settings, poll_id, result, duration_ms))
 
 
 def record_fetch(
     session: Session, settings: Settings, poll_id: int, result: FetchResult, duration_ms: int
 ) -> bool:
-    """Write a fetch outcome to its poll and feed; ignore it if another delivery already did."""
+    """Write a fetch outcome to its poll and feed; True when the body awaits parsing.
+
+    Ignored when another delivery already recorded this poll.
+    """
     poll = session.get(Poll, poll_id, with_for_update=True)
     if poll is None or poll.status != POLL_QUEUED:
         return poll is not None and poll.status == POLL_FETCHED
@@ -173,18 +175,31 @@ def record_fetch(
     poll.status_code = result.status_code
     poll.final_url = result.final_url
     poll.duration_ms = duration_ms
+    poll.cache_headers = result.cache_headers or None
     feed.last_polled_at = now
     feed.last_status_code = result.status_code
+    follow_permanent_redirect(session, settings, feed, result.permanent_redirect)
+    hints = http_hints(result.cache_headers, now)
+    if result.status_code in (429, 503) and hints.retry_after is not None:
+        poll.status, poll.error, poll.finished_at = POLL_DEFERRED, result.error, now
+        finish_poll_of_feed(session, settings, feed, "deferred", hints)
+        return False
+    if result.status_code == 410:
+        poll.status, poll.error, poll.finished_at = POLL_ERROR, result.error, now
+        feed.status = "retired"
+        feed.status_reason = (
+            f"HTTP 410 Gone on {now:%Y-%m-%d %H:%M} UTC: the publisher removed this feed "
+            "(`feedmill feeds resume URL` polls it again)"
+        )
+        finish_poll_of_feed(session, settings, feed, "error", hints, error=result.error)
+        return False
     if result.error is not None or (result.body is None and not result.not_modified):
-        poll.status = POLL_ERROR
-        poll.error = result.error or "empty response"
-        poll.finished_at = now
-        finish_poll_of_feed(feed, settings, error=poll.error)
+        poll.status, poll.error, poll.finished_at = POLL_ERROR, result.error or "empty response", now
+        finish_poll_of_feed(session, settings, feed, "error", hints, error=poll.error)
         return False
     if result.not_modified:
-        poll.status = POLL_NOT_MODIFIED
-        poll.finished_at = now
-        finish_poll_of_feed(feed, settings, error=None)
+        poll.status, poll.finished_at = POLL_NOT_MODIFIED, now
+        finish_poll_of_feed(session, settings, feed, "ok", hints)
         return False
     poll.status = POLL_FETCHED
     poll.body = result.body
@@ -195,8 +210,31 @@ def record_fetch(
     return True
 
 
+def follow_permanent_redirect(session: Session, settings: Settings, feed: Feed, target: str | None) -> None:
+    """Move the feed to its new URL once enough polls in a row saw the same permanent redirect."""
+    if target is None or target == feed.url:
+        feed.redirect_target, feed.redirect_count = None, 0
+        return
+    if feed.redirect_target == target:
+        feed.redirect_count += 1
+    else:
+        feed.redirect_target, feed.redirect_count = target, 1
+    if feed.redirect_count < settings.redirect_threshold:
+        return
+    owner = session.scalar(select(Feed.id).where(Feed.url == target))
+    if owner is None:
+        feed.status_reason = f"URL changed from {feed.url} after {feed.redirect_count} permanent redirects"
+        feed.url = target
+    else:
+        feed.status = "retired"
+        feed.status_reason = f"moved permanently to {target}, which is already subscribed as feed {owner}"
+    feed.redirect_target, feed.redirect_count = None, 0
+
+
 @shared_task(base=StageTask, name="feedmill.fetch")
 def fetch_task(message: dict) -> None:
-    poll = PollRef.from_message(message)
-    if run_fetch(current_settings(), poll.poll_id):
-        parse_task.delay(poll.to_message())
+    step = run_fetch(current_settings(), PollRef.from_message(message).poll_id)
+    if step.wait_seconds is not None:
+        fetch_task.apply_async((message,), countdown=step.wait_seconds)
+    elif step.parse:
+        parse_task.delay(message)

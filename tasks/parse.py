@@ -37,6 +37,7 @@ from schemas.payloads import ArticleBatch, ParsedFeed, PollRef, RawEntry
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
 from tasks.clean import clean_task
+from tasks.schedule import feed_hints, http_hints
 from tasks.store import chunked, finish_poll_of_feed
 
 # feedmill sanitizes in its clean stage with nh3; feedparser's own pass would be wasted work.
@@ -60,11 +61,15 @@ def parse_document(body: bytes, content_type: str | None, url: str | None) -> Pa
         if not parsed.get("version"):
             raise NotAFeed("not a recognised RSS or Atom document")
     feed_meta = parsed.feed
+    links = {link.get("rel"): link.get("href") for link in feed_meta.get("links", []) if link.get("href")}
     return ParsedFeed(
         title=feed_meta.get("title"),
         site_url=feed_meta.get("link"),
         entries=raw_entries(parsed.entries),
         bozo_error=bozo_error,
+        schedule_hints=feed_hints(feed_meta, body).to_dict(),
+        hub_url=links.get("hub"),
+        self_url=links.get("self"),
     )
 
 
@@ -97,6 +102,9 @@ def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
             continue  # the same item twice in one document
         seen_keys.add(key)
         fields = [guid, link, title, entry.get("author"), published, summary_html, content_html]
+        tags = _entry_tags(entry)
+        if tags:  # entries without categories keep the hash they always had
+            fields.append(list(tags))
         result.append(
             RawEntry(
                 entry_key=key,
@@ -107,10 +115,17 @@ def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
                 published_at=published,
                 summary_html=summary_html,
                 content_html=content_html,
+                tags=tags,
                 raw_hash=_digest([f.isoformat() if isinstance(f, datetime) else f for f in fields]),
             )
         )
     return tuple(result)
+
+
+def _entry_tags(entry: Any) -> tuple[str, ...]:
+    """The entry's category terms, stripped, each once."""
+    terms = ((tag.get("term") or "").strip() for tag in entry.get("tags") or [])
+    return tuple(dict.fromkeys(term for term in terms if term))
 
 
 def _entry_datetime(entry: Any) -> datetime | None:
@@ -147,6 +162,7 @@ def store_entries(
             "raw_author": e.author,
             "raw_summary_html": e.summary_html,
             "raw_content_html": e.content_html,
+            "raw_tags": list(e.tags),
             "raw_hash": e.raw_hash,
             "revision": 1,
             "stage": "clean",
@@ -183,6 +199,7 @@ def store_entries(
         article.published_at = entry.published_at
         article.raw_title, article.raw_author = entry.title, entry.author
         article.raw_summary_html, article.raw_content_html = entry.summary_html, entry.content_html
+        article.raw_tags = list(entry.tags)
         article.raw_hash = entry.raw_hash
         article.revision += 1
         article.poll_id = poll_id
@@ -213,11 +230,14 @@ def run_parse(settings: Settings, poll_id: int) -> list[int]:
             return []
         feed = session.get(Feed, poll.feed_id, with_for_update=True)
         assert feed is not None
-        poll.finished_at = utcnow()
+        now = utcnow()
+        poll.finished_at = now
         poll.body = None
+        pushed = poll.kind == "push"  # a WebSub delivery: the feed's own poll schedule is untouched
         if parsed is None:
             poll.status, poll.error = POLL_ERROR, error
-            finish_poll_of_feed(feed, settings, error=error)
+            if not pushed:
+                finish_poll_of_feed(session, settings, feed, "error", http_hints(poll.cache_headers or {}, now), error)
             return []
         new_ids, changed_ids = store_entries(session, feed.id, poll.id, parsed.entries)
         poll.status = POLL_PARSED
@@ -225,8 +245,12 @@ def run_parse(settings: Settings, poll_id: int) -> list[int]:
         poll.error = f"malformed but usable: {parsed.bozo_error}"[:500] if parsed.bozo_error else None
         feed.title = parsed.title or feed.title
         feed.site_url = parsed.site_url or feed.site_url
-        feed.etag, feed.last_modified = poll.etag, poll.last_modified
-        finish_poll_of_feed(feed, settings, error=None)
+        feed.websub_hub = parsed.hub_url or feed.websub_hub
+        feed.websub_topic = parsed.self_url or feed.websub_topic
+        if not pushed:
+            feed.etag, feed.last_modified = poll.etag, poll.last_modified
+            feed.schedule_hints = parsed.schedule_hints
+            finish_poll_of_feed(session, settings, feed, "ok", http_hints(poll.cache_headers or {}, now))
         return sorted(new_ids + changed_ids)
 
 

@@ -12,21 +12,35 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
 from schemas.models import FAILED, OK, PENDING, STAGES, Article, Feed, utcnow
 from schemas.settings import Settings
+from tasks.schedule import (
+    MIN_ENTRIES_FOR_RATE,
+    WEEK,
+    FeedHints,
+    HttpHints,
+    PollOutcome,
+    SchedulePolicy,
+    decide_next_poll,
+)
 
 log = logging.getLogger(__name__)
 
 #: A stage's work on one article: reads the row, writes its results onto it.
 ApplyStage = Callable[[Session, Article], None]
+#: Optional work on the whole claimed batch before ``apply`` runs on each article,
+#: so a stage can read what the batch needs in a few queries instead of one per article.
+PrepareBatch = Callable[[Session, Sequence[Article]], None]
 
 ERROR_TEXT_LIMIT = 2000
+#: How far back the publishing rate of a feed is measured.
+RATE_WINDOW = timedelta(days=28)
 
 
 def next_stage(stage: str) -> str:
@@ -34,7 +48,12 @@ def next_stage(stage: str) -> str:
 
 
 def run_article_stage(
-    settings: Settings, stage: str, article_ids: Sequence[int], apply: ApplyStage
+    settings: Settings,
+    stage: str,
+    article_ids: Sequence[int],
+    apply: ApplyStage,
+    *,
+    prepare: PrepareBatch | None = None,
 ) -> list[int]:
     """Apply one stage to a batch in one transaction; return ids ready for the next."""
     following = next_stage(stage)
@@ -43,8 +62,11 @@ def run_article_stage(
             select(Article)
             .where(Article.id.in_(article_ids), Article.stage == stage, Article.status == PENDING)
             .order_by(Article.id)
-            .with_for_update(skip_locked=True)
+            # NO KEY UPDATE: other transactions may still reference these rows (duplicate_of).
+            .with_for_update(skip_locked=True, key_share=True)
         ).all()
+        if prepare is not None and articles:
+            prepare(session, articles)
         for article in articles:
             try:
                 with session.begin_nested():
@@ -84,14 +106,51 @@ def chunked(ids: Sequence[int], size: int) -> list[list[int]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
-def finish_poll_of_feed(feed: Feed, settings: Settings, error: str | None) -> None:
-    """A poll of ``feed`` ended: count errors, release the lease, schedule the next poll."""
+def finish_poll_of_feed(
+    session: Session,
+    settings: Settings,
+    feed: Feed,
+    kind: str,
+    http: HttpHints,
+    error: str | None = None,
+) -> None:
+    """A poll of ``feed`` ended (``kind``: ok, error or deferred): count errors,
+    release the lease, and decide the next poll with its reason."""
     now = utcnow()
-    if error is None:
-        feed.consecutive_errors = 0
-        feed.last_error = None
-    else:
+    if kind == "ok":
+        feed.consecutive_errors, feed.last_error = 0, None
+    elif kind == "error":
         feed.consecutive_errors += 1
         feed.last_error = error
     feed.lease_until = None
-    feed.next_poll_at = now + timedelta(seconds=settings.poll_interval)
+    outcome = PollOutcome(
+        kind=kind,
+        consecutive_errors=feed.consecutive_errors,
+        entries_per_week=entries_per_week(session, feed.id, now),
+        override_seconds=feed.interval_override,
+        http=http,
+        feed=FeedHints.from_dict(feed.schedule_hints),
+    )
+    decision = decide_next_poll(outcome, schedule_policy(settings), now)
+    feed.next_poll_at, feed.next_poll_reason = decision.next_poll_at, decision.reason
+
+
+def entries_per_week(session: Session, feed_id: int, now: datetime) -> float | None:
+    """The feed's publishing rate over ``RATE_WINDOW``; None while it has too few entries to tell."""
+    seen_at = func.coalesce(Article.published_at, Article.created_at)
+    total, recent = session.execute(
+        select(func.count(), func.count().filter(seen_at >= now - RATE_WINDOW)).where(Article.feed_id == feed_id)
+    ).one()
+    if total < MIN_ENTRIES_FOR_RATE:
+        return None
+    return recent / (RATE_WINDOW.total_seconds() / WEEK)
+
+
+def schedule_policy(settings: Settings) -> SchedulePolicy:
+    return SchedulePolicy(
+        default_interval=settings.poll_interval,
+        min_interval=settings.min_interval,
+        max_interval=settings.max_interval,
+        error_backoff_cap=settings.error_backoff_cap,
+        jitter=settings.schedule_jitter,
+    )

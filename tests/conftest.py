@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
 from schemas.db import migrate
 from schemas.settings import Settings
@@ -60,6 +61,9 @@ class Publisher:
     def __init__(self) -> None:
         self.resources: dict[str, Resource] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        #: (path, start time, end time) of every answered request, for politeness checks.
+        self.timeline: list[tuple[str, float, float]] = []
+        self.lock = threading.Lock()
         publisher = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,6 +73,14 @@ class Publisher:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802
+                started = time.monotonic()
+                try:
+                    self._answer()
+                finally:
+                    with publisher.lock:
+                        publisher.timeline.append((self.path, started, time.monotonic()))
+
+            def _answer(self) -> None:
                 publisher.requests.append((self.path, dict(self.headers)))
                 resource = publisher.resources.get(self.path)
                 if resource is None:
@@ -114,6 +126,15 @@ class Publisher:
     def hits(self, path: str) -> int:
         return sum(1 for requested, _ in self.requests if requested == path)
 
+    def max_concurrent(self) -> int:
+        """Most requests the server was answering at one moment."""
+        events = sorted([(start, 1) for _, start, _ in self.timeline] + [(end, -1) for _, _, end in self.timeline])
+        current = peak = 0
+        for _, change in events:
+            current += change
+            peak = max(peak, current)
+        return peak
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -149,6 +170,7 @@ def make_settings(home: Path, database_url: str | None = None, broker_url: str |
         allow_private_networks=True,
         fetch_timeout=2.0,
         fetch_deadline=4.0,
+        host_min_interval=0.0,
     )
 
 
@@ -219,6 +241,9 @@ def feedmill_env(settings: Settings) -> dict[str, str]:
         FEEDMILL_FETCH_TIMEOUT=str(settings.fetch_timeout),
         FEEDMILL_FETCH_DEADLINE=str(settings.fetch_deadline),
         FEEDMILL_DISPATCH_EVERY="1",
+        FEEDMILL_HOST_MIN_INTERVAL=str(settings.host_min_interval),
+        FEEDMILL_HOST_MAX_CONCURRENT=str(settings.host_max_concurrent),
+        FEEDMILL_WEBSUB_CALLBACK_URL=settings.websub_callback_url,
     )
     return env
 
@@ -287,3 +312,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def use_broker(settings: Settings) -> Celery:
+    """Make this test process enqueue to ``settings``' broker, as the CLI would."""
+    from workers.celery_app import create_app
+
+    app = create_app(settings)
+    app.set_current()
+    app.set_default()
+    return app

@@ -16,9 +16,10 @@ from tasks.classify import (
     TOPICS,
     classify_article,
     detect_language,
-    explain_topics,
+    explain_places,
     find_places,
     score_topics,
+    weigh_topics,
 )
 
 SEED_ARTICLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "seed-articles.txt"
@@ -204,31 +205,38 @@ def test_topic_scores_are_ranked_probabilities():
         assert all(label in TOPICS for label, _ in topics)
 
 
+def terms_by_topic(title, text):
+    return {e.topic: dict(e.terms) for e in weigh_topics(title, text)}
+
+
 def test_title_counts_more_than_body():
     body = "The company said the election result had not affected its shares."
-    as_title = dict(explain_topics("Election", body))["politics"]
-    in_body = dict(explain_topics("Statement", "Election. " + body))["politics"]
-    assert dict(as_title)["election*"] > dict(in_body)["election*"]
+    as_title = terms_by_topic("Election", body)["politics"]
+    in_body = terms_by_topic("Statement", "Election. " + body)["politics"]
+    assert as_title["election*"] > in_body["election*"]
 
 
 def test_words_match_on_boundaries_and_prefixes():
-    explained = explain_topics("", "The software award went to a warm welcome; vaccinations resumed.")
+    explained = terms_by_topic("", "The software award went to a warm welcome; vaccinations resumed.")
     assert "conflict_war_peace" not in explained  # "war" inside software/award/warm
-    assert ("vaccin*", 3.0) in explained["health"]
+    assert explained["health"]["vaccin*"] == 3.0
 
 
 def test_phrase_hides_its_words():
-    explained = explain_topics("", "He scored twice in the Premier League.")
-    assert "premier league" in dict(explained["sport"])
+    explained = terms_by_topic("", "He scored twice in the Premier League.")
+    assert "premier league" in explained["sport"]
     assert "politics" not in explained  # "premier" is part of the phrase
 
 
-def test_explain_topics_matches_scores(seeds):
+def test_weighed_topics_match_scores(seeds):
     title, text = seeds[0]
-    explained = explain_topics(title, text)
-    assert list(explained)[:2] == [label for label, _ in score_topics(title, text)[:2]]
-    terms = dict(explained["conflict_war_peace"])
+    weighed = weigh_topics(title, text)
+    assert [(e.topic, e.score) for e in weighed if e.kept] == list(score_topics(title, text))
+    assert [e.score for e in weighed] == sorted((e.score for e in weighed), reverse=True)
+    terms = dict(weighed[0].terms)
+    assert weighed[0].topic == "conflict_war_peace"
     assert terms["militia*"] > 0 and all(w > 0 for w in terms.values())
+    assert any(not e.kept for e in weighed)  # topics only touched on are shown, not kept
 
 
 def test_no_topic_for_text_without_evidence():
@@ -264,6 +272,11 @@ def test_place_disambiguation(text, expected):
 def test_ambiguous_georgia_needs_a_second_cue():
     assert find_places("", "Voters in Georgia went to the polls.") == ()
     assert find_places("", "Protesters in Georgia marched on parliament in Tbilisi.") == ("GE",)
+
+
+def test_explain_places_names_what_counted():
+    explained = explain_places("", "Iraqis marched in Baghdad; in Baghdad, Georgia voted.")
+    assert explained == {"IQ": {"Baghdad": 2, "Iraqis": 1}}  # Georgia alone is ambiguous
 
 
 def test_places_most_mentioned_first():

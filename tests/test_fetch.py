@@ -11,7 +11,8 @@ from sqlalchemy import select
 from schemas.db import session_scope
 from schemas.models import POLL_ERROR, POLL_FETCHED, POLL_NOT_MODIFIED, Feed, Poll
 from schemas.settings import Settings
-from tasks.fetch import FetchRefused, check_url_allowed, fetch_feed, run_fetch
+from tasks.fetch import FetchStep, fetch_feed, run_fetch
+from tasks.http import FetchRefused, check_url_allowed
 from tests.conftest import Publisher, rss
 from workers.scheduler import claim_feeds
 
@@ -46,6 +47,20 @@ def test_size_cap_applies_after_decompression(publisher: Publisher, sqlite_setti
     result = fetch_feed(url, None, None, small_cap)
     assert result.body is None
     assert result.error == "body larger than 1000000 bytes"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_compressed_bodies_are_decoded(publisher: Publisher, sqlite_settings: Settings, encoding: str) -> None:
+    import zlib
+
+    import brotli
+
+    compress = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[encoding]
+    url = publisher.add("/packed", compress(FEED.encode()), headers={"Content-Encoding": encoding})
+    result = fetch_feed(url, None, None, sqlite_settings)
+    assert result.error is None and result.body == FEED.encode()
+    _, headers = publisher.requests[-1]
+    assert {"gzip", "deflate", "br"} <= {e.strip() for e in headers["Accept-Encoding"].split(",")}
 
 
 def test_slow_server_times_out(publisher: Publisher, sqlite_settings: Settings) -> None:
@@ -99,8 +114,8 @@ def _poll_for(settings: Settings, url: str) -> int:
 def test_run_fetch_records_poll_and_is_idempotent(publisher: Publisher, sqlite_settings: Settings) -> None:
     url = publisher.add("/feed", FEED, etag='"v1"')
     poll_id = _poll_for(sqlite_settings, url)
-    assert run_fetch(sqlite_settings, poll_id) is True
-    assert run_fetch(sqlite_settings, poll_id) is True  # redelivered: no second request
+    assert run_fetch(sqlite_settings, poll_id) == FetchStep(parse=True)
+    assert run_fetch(sqlite_settings, poll_id) == FetchStep(parse=True)  # redelivered: no second request
     assert publisher.hits("/feed") == 1
     with session_scope(sqlite_settings) as session:
         poll = session.get(Poll, poll_id)
@@ -112,7 +127,7 @@ def test_run_fetch_records_poll_and_is_idempotent(publisher: Publisher, sqlite_s
 
 def test_run_fetch_records_errors_on_the_feed(publisher: Publisher, sqlite_settings: Settings) -> None:
     poll_id = _poll_for(sqlite_settings, publisher.url("/gone"))
-    assert run_fetch(sqlite_settings, poll_id) is False
+    assert run_fetch(sqlite_settings, poll_id) == FetchStep(parse=False)
     with session_scope(sqlite_settings) as session:
         poll = session.get(Poll, poll_id)
         feed = session.scalar(select(Feed))
@@ -126,6 +141,6 @@ def test_run_fetch_not_modified(publisher: Publisher, sqlite_settings: Settings)
     with session_scope(sqlite_settings) as session:
         session.add(Feed(url=url, etag='"v1"'))
     (poll_id,) = claim_feeds(sqlite_settings, due_only=False)
-    assert run_fetch(sqlite_settings, poll_id) is False
+    assert run_fetch(sqlite_settings, poll_id) == FetchStep(parse=False)
     with session_scope(sqlite_settings) as session:
         assert session.get(Poll, poll_id).status == POLL_NOT_MODIFIED

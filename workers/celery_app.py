@@ -19,6 +19,7 @@ QUEUES = ("schedule", "fetch", "parse", "clean", "dedupe", "classify")
 TASK_QUEUES = {
     "feedmill.dispatch": "schedule",
     "feedmill.fetch": "fetch",
+    "feedmill.websub_subscribe": "fetch",
     "feedmill.parse": "parse",
     "feedmill.clean": "clean",
     "feedmill.dedupe": "dedupe",
@@ -69,10 +70,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> Celery:
     app = Celery(
         "feedmill",
-        include=["workers.scheduler", "tasks.fetch", "tasks.parse", "tasks.clean", "tasks.dedupe", "tasks.classify"],
+        include=[
+            "workers.scheduler",
+            "tasks.websub",
+            "tasks.fetch",
+            "tasks.parse",
+            "tasks.clean",
+            "tasks.dedupe",
+            "tasks.classify",
+        ],
     )
     app.conf.update(celery_config(settings))
     return app
 
 
 app = create_app(current_settings())
+# The default app too, not only the current one (which is per thread): tasks enqueued from
+# other threads, such as the web endpoint's, must reach this broker and no other.
+app.set_default()

@@ -12,10 +12,19 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from celery import shared_task
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from schemas.db import session_scope
-from schemas.models import PENDING, POLL_FETCHED, Article, Feed, Poll, utcnow
+from schemas.models import (
+    PENDING,
+    POLL_ERROR,
+    POLL_FETCHED,
+    POLL_QUEUED,
+    Article,
+    Feed,
+    Poll,
+    utcnow,
+)
 from schemas.payloads import ArticleBatch, PollRef
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
@@ -25,6 +34,7 @@ from tasks.dedupe import dedupe_task
 from tasks.fetch import fetch_task
 from tasks.parse import parse_task
 from tasks.store import chunked
+from tasks.websub import feeds_to_subscribe, websub_subscribe_task
 
 STAGE_TASKS = {"clean": clean_task, "dedupe": dedupe_task, "classify": classify_task}
 #: Most feeds one dispatch claims; the next dispatch takes the rest.
@@ -56,6 +66,12 @@ def claim_feeds(
         if feed_ids is not None:
             query = query.where(Feed.id.in_(feed_ids))
         feeds = session.scalars(query).all()
+        # A feed whose lease expired had a fetch that never finished (worker killed, message lost).
+        session.execute(
+            update(Poll)
+            .where(Poll.feed_id.in_([feed.id for feed in feeds]), Poll.status == POLL_QUEUED)
+            .values(status=POLL_ERROR, error="abandoned: its fetch did not finish before the lease expired", finished_at=now)
+        )
         polls = []
         for feed in feeds:
             feed.lease_until = now + timedelta(seconds=settings.lease_seconds)
@@ -98,7 +114,10 @@ def requeue_unfinished(settings: Settings) -> dict[str, int]:
 
 @shared_task(base=StageTask, name="feedmill.dispatch")
 def dispatch_task() -> int:
-    """Periodic (celery beat): claim due feeds and enqueue their fetches."""
-    poll_ids = claim_feeds(current_settings())
+    """Periodic (celery beat): claim due feeds, enqueue their fetches and WebSub (re)subscriptions."""
+    settings = current_settings()
+    poll_ids = claim_feeds(settings)
     enqueue_fetches(poll_ids)
+    for feed_id in feeds_to_subscribe(settings):
+        websub_subscribe_task.delay(feed_id)
     return len(poll_ids)

@@ -13,6 +13,8 @@ import sys
 import click
 
 from workers.cli import export, feeds, processes
+from workers.cli import classifier, reprocess, rules
+from workers.cli import clusters
 
 
 @click.group()
@@ -25,7 +27,13 @@ cli.add_command(processes.migrate_command)
 cli.add_command(processes.worker)
 cli.add_command(processes.scheduler)
 cli.add_command(processes.run)
+cli.add_command(processes.web)
 cli.add_command(export.export)
+cli.add_command(classifier.classifier)
+cli.add_command(classifier.explain)
+cli.add_command(rules.rules)
+cli.add_command(reprocess.reprocess)
+cli.add_command(clusters.clusters)
 
 
 def main() -> None:

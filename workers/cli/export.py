@@ -7,7 +7,7 @@ import sys
 from typing import Any, TextIO
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 
 from schemas.db import session_scope
 from schemas.models import Article, Feed
@@ -32,7 +32,11 @@ def article_record(article: Article, feed_url: str) -> dict[str, Any]:
         "topics": [label for label, _score in (article.topics or [])],
         "topic_scores": {label: score for label, score in (article.topics or [])},
         "places": article.places or [],
+        "tags": article.tags or [],
+        "dropped_by": article.dropped_by,
         "duplicate_of": article.duplicate_of,
+        "duplicate_reason": article.duplicate_reason,
+        "cluster_id": article.cluster_id,
         "content_hash": article.content_hash,
         "revision": article.revision,
         "stage": article.stage,
@@ -44,15 +48,17 @@ def article_record(article: Article, feed_url: str) -> dict[str, Any]:
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File to write (default stdout).")
-def export(fmt: str, output: str | None) -> None:
+@click.option("--include-dropped", is_flag=True, help="Also export articles a drop rule matched (dropped_by set).")
+def export(fmt: str, output: str | None, include_dropped: bool) -> None:
     """Export stored articles, one JSON object per line."""
     settings = migrated_settings()
+    shown = true() if include_dropped else Article.dropped_by.is_(None)
     out: TextIO = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
         with session_scope(settings) as session:
-            total = session.scalar(select(func.count()).select_from(Article)) or 0
+            total = session.scalar(select(func.count()).select_from(Article).where(shown)) or 0
             rows = session.execute(
-                select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).order_by(Article.id)
+                select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(shown).order_by(Article.id)
             ).yield_per(500)
             with click.progressbar(
                 rows, length=total, label="exporting", file=sys.stderr, hidden=not (output and sys.stderr.isatty())

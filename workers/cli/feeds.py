@@ -1,17 +1,19 @@
-"""``feedmill feeds``: add, import, export and list feeds."""
+"""``feedmill feeds``: add, import, export, list, show, set, pause and resume feeds."""
 
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from sqlalchemy import select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from schemas.db import insert_for, session_scope
-from schemas.models import Feed
+from schemas.models import Feed, Poll, utcnow
 from schemas.settings import Settings
 from workers.cli.common import iso, migrated_settings
 
@@ -28,26 +30,34 @@ def _check_feed_url(url: str) -> str:
     return url.strip()
 
 
-def _add_feeds(settings: Settings, urls: list[str]) -> int:
-    """Insert feeds not yet known; return how many were new."""
+def _add_feeds(settings: Settings, urls: list[str], websub: bool = False) -> int:
+    """Insert feeds not yet known; return how many were new. ``websub`` also marks known ones."""
     if not urls:
         return 0
     with session_scope(settings) as session:
         insert = insert_for(session, Feed.__table__)
-        rows = [{"url": url, "status": "active", "consecutive_errors": 0} for url in dict.fromkeys(urls)]
+        rows = [
+            {"url": url, "status": "active", "consecutive_errors": 0, "websub_wanted": websub}
+            for url in dict.fromkeys(urls)
+        ]
         added = session.scalars(
             insert.values(rows).on_conflict_do_nothing(index_elements=["url"]).returning(Feed.id)
         ).all()
+        if websub:
+            session.execute(update(Feed).where(Feed.url.in_(urls)).values(websub_wanted=True))
     return len(added)
 
 
 @feeds.command("add")
 @click.argument("urls", nargs=-1, required=True)
-def feeds_add(urls: tuple[str, ...]) -> None:
+@click.option("--websub", is_flag=True, help="Subscribe through the hub the feed advertises (needs `feedmill web`).")
+def feeds_add(urls: tuple[str, ...], websub: bool) -> None:
     """Add feeds by URL (already known ones are left as they are)."""
     checked = [_check_feed_url(url) for url in urls]
-    added = _add_feeds(migrated_settings(), checked)
+    added = _add_feeds(migrated_settings(), checked, websub)
     click.echo(f"added {added} feed(s); {len(set(checked)) - added} already present")
+    if websub:
+        click.echo("WebSub: subscribing once a poll has found the feed's hub")
 
 
 @feeds.command("import")
@@ -84,35 +94,171 @@ def feeds_export() -> None:
     click.echo(ET.tostring(opml, encoding="unicode"))
 
 
-def _feed_record(feed: Feed) -> dict[str, Any]:
+def _feed_record(feed: Feed, last_poll: Poll | None) -> dict[str, Any]:
     return {
         "id": feed.id,
         "url": feed.url,
         "title": feed.title,
         "status": feed.status,
+        "status_reason": feed.status_reason,
         "last_polled_at": iso(feed.last_polled_at),
         "last_status_code": feed.last_status_code,
+        "last_result": last_poll.status if last_poll else None,
         "last_error": feed.last_error,
         "consecutive_errors": feed.consecutive_errors,
         "next_poll_at": iso(feed.next_poll_at),
+        "next_poll_reason": feed.next_poll_reason,
+        "interval_override": feed.interval_override,
+        "schedule_hints": feed.schedule_hints,
         "etag": feed.etag,
         "last_modified": feed.last_modified,
+        "websub": {
+            "wanted": feed.websub_wanted,
+            "hub": feed.websub_hub,
+            "topic": feed.websub_topic,
+            "state": feed.websub_state,
+            "expires_at": iso(feed.websub_expires_at),
+        },
     }
+
+
+def _poll_record(poll: Poll) -> dict[str, Any]:
+    return {
+        "id": poll.id,
+        "kind": poll.kind,
+        "requested_at": iso(poll.requested_at),
+        "finished_at": iso(poll.finished_at),
+        "status": poll.status,
+        "status_code": poll.status_code,
+        "duration_ms": poll.duration_ms,
+        "bytes": poll.size_bytes,
+        "new_entries": poll.new_entries,
+        "updated_entries": poll.updated_entries,
+        "error": poll.error,
+    }
+
+
+def _latest_polls(session: Session, feed_ids: list[int]) -> dict[int, Poll]:
+    latest = select(func.max(Poll.id)).where(Poll.feed_id.in_(feed_ids), Poll.kind == "poll").group_by(Poll.feed_id)
+    return {poll.feed_id: poll for poll in session.scalars(select(Poll).where(Poll.id.in_(latest)))}
+
+
+def _find_feed(session: Session, url: str) -> Feed:
+    feed = session.scalar(select(Feed).where(Feed.url == url.strip()))
+    if feed is None:
+        raise click.ClickException(f"no feed with URL {url!r} (see: feedmill feeds list)")
+    return feed
+
+
+def _describe(r: dict[str, Any]) -> str:
+    if r["last_polled_at"]:
+        last = f"{r['last_result'] or '-'} (HTTP {r['last_status_code'] or '-'}) at {r['last_polled_at']}"
+    else:
+        last = "never polled"
+    lines = [f"{r['id']:>5}  {r['status']:<7} {r['url']}", f"       last poll: {last}"]
+    if r["consecutive_errors"]:
+        lines.append(f"       errors in a row: {r['consecutive_errors']}, last: {r['last_error']}")
+    if r["status"] == "active":
+        lines.append(f"       next poll: {r['next_poll_at']}, because: {r['next_poll_reason'] or 'new feed, poll now'}")
+    else:
+        lines.append(f"       not polled: {r['status_reason'] or r['status']}")
+    return "\n".join(lines)
 
 
 @feeds.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 def feeds_list(as_json: bool) -> None:
-    """List feeds with their last poll and next poll."""
+    """List feeds: last poll and its result, next poll and why."""
     with session_scope(migrated_settings()) as session:
-        records = [_feed_record(feed) for feed in session.scalars(select(Feed).order_by(Feed.id))]
+        feeds_ = session.scalars(select(Feed).order_by(Feed.id)).all()
+        latest = _latest_polls(session, [feed.id for feed in feeds_])
+        records = [_feed_record(feed, latest.get(feed.id)) for feed in feeds_]
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
     if not records:
         click.echo("no feeds; add one with: feedmill feeds add URL")
         return
-    for r in records:
-        last = f"{r['last_status_code'] or '-'} at {r['last_polled_at']}" if r["last_polled_at"] else "never polled"
-        trouble = f"  errors: {r['consecutive_errors']} ({r['last_error']})" if r["consecutive_errors"] else ""
-        click.echo(f"{r['id']:>5}  {r['status']:<7} {r['url']}\n       last: {last}; next: {r['next_poll_at']}{trouble}")
+    for record in records:
+        click.echo(_describe(record))
+
+
+@feeds.command("show")
+@click.argument("url")
+@click.option("--history", default=10, show_default=True, help="How many recent polls to show.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def feeds_show(url: str, history: int, as_json: bool) -> None:
+    """Explain one feed's schedule, with its recent poll history."""
+    with session_scope(migrated_settings()) as session:
+        feed = _find_feed(session, url)
+        polls = session.scalars(select(Poll).where(Poll.feed_id == feed.id).order_by(Poll.id.desc()).limit(history)).all()
+        last_poll = next((poll for poll in polls if poll.kind == "poll"), None)
+        record = _feed_record(feed, last_poll) | {"history": [_poll_record(poll) for poll in polls]}
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    click.echo(_describe(record))
+    if record["interval_override"]:
+        click.echo(f"       interval override: {record['interval_override']} s")
+    if record["schedule_hints"]:
+        click.echo(f"       publisher hints: {json.dumps(record['schedule_hints'])}")
+    if record["websub"]["wanted"] or record["websub"]["hub"]:
+        w = record["websub"]
+        click.echo(f"       websub: {w['state']} (hub {w['hub'] or 'none advertised'}, expires {w['expires_at'] or '-'})")
+    click.echo("       history (newest first):")
+    for poll in record["history"]:
+        outcome = f"{poll['status']:<12} HTTP {poll['status_code'] or '-':<4} {poll['duration_ms'] or 0:>6} ms"
+        counts = f"{poll['bytes'] or 0:>9} B  +{poll['new_entries']} new ~{poll['updated_entries']} updated"
+        error = f"  {poll['error']}" if poll["error"] else ""
+        click.echo(f"         {poll['requested_at']}  {poll['kind']:<4} {outcome} {counts}{error}")
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> int | None:
+    """``15m``, ``2h``, ``1d``, ``300`` (seconds), or ``auto`` (None: adaptive again)."""
+    if text.strip().lower() == "auto":
+        return None
+    match = _DURATION.match(text.lower())
+    if not match or int(match.group(1)) <= 0:
+        raise click.ClickException(f"not an interval: {text!r} (use e.g. 15m, 2h, 1d, or auto)")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@feeds.command("set")
+@click.argument("url")
+@click.option("--interval", required=True, help="Fixed poll interval (15m, 2h, 1d) or 'auto' for adaptive.")
+def feeds_set(url: str, interval: str) -> None:
+    """Override one feed's poll interval, or return it to the adaptive schedule."""
+    seconds = parse_interval(interval)
+    with session_scope(migrated_settings()) as session:
+        feed = _find_feed(session, url)
+        feed.interval_override = seconds
+    click.echo(f"{url}: " + (f"polled every {seconds} s from its next poll on" if seconds else "adaptive interval again"))
+
+
+@feeds.command("pause")
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--reason", default="paused by an operator", show_default=True)
+def feeds_pause(urls: tuple[str, ...], reason: str) -> None:
+    """Stop polling feeds until resumed."""
+    with session_scope(migrated_settings()) as session:
+        for url in urls:
+            feed = _find_feed(session, url)
+            feed.status, feed.status_reason = "paused", reason
+    click.echo(f"paused {len(urls)} feed(s)")
+
+
+@feeds.command("resume")
+@click.argument("urls", nargs=-1, required=True)
+def feeds_resume(urls: tuple[str, ...]) -> None:
+    """Poll paused or retired feeds again, starting now."""
+    with session_scope(migrated_settings()) as session:
+        for url in urls:
+            feed = _find_feed(session, url)
+            feed.status, feed.status_reason = "active", f"resumed after: {feed.status_reason or feed.status}"
+            feed.next_poll_at, feed.next_poll_reason = utcnow(), "resumed by an operator"
+            feed.consecutive_errors = 0
+    click.echo(f"resumed {len(urls)} feed(s); they are polled at the next dispatch")

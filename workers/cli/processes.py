@@ -17,6 +17,7 @@ from workers import service
 from workers.celery_app import QUEUES
 from workers.cli.common import migrated_settings
 from workers.scheduler import claim_feeds, enqueue_fetches
+from workers.web import serve
 
 
 @click.command("migrate")
@@ -127,3 +128,15 @@ def _print_summary(summary: service.RoundSummary, out: TextIO) -> None:
     )
     for poll in summary.feed_errors:
         print(f"  failed: {poll.feed_url}: {poll.error}", file=out)
+
+
+@click.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def web(host: str, port: int) -> None:
+    """Serve the HTTP endpoint: WebSub callbacks and /healthz."""
+    settings = migrated_settings()
+    if not settings.websub_callback_url:
+        click.echo("note: FEEDMILL_WEBSUB_CALLBACK_URL is not set, so no hub can be asked to call this endpoint", err=True)
+    click.echo(f"serving WebSub callbacks on http://{host}:{port}/websub/<feed id>", err=True)
+    serve(settings, host, port)

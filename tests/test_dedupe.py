@@ -1,0 +1,309 @@
+"""The dedupe stage, layer by layer: pure functions first, then the SQL side on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from schemas.db import session_scope
+from schemas.models import PENDING, Article, Feed, MinhashBand, MinhashSignature, utcnow
+from schemas.settings import Settings
+from tasks.clean import apply_clean
+from tasks.dedupe import (
+    NEAR,
+    REISSUE,
+    TEXT,
+    URL,
+    Known,
+    band_keys,
+    best_match,
+    content_fingerprint,
+    fingerprint,
+    jaccard_estimate,
+    run_dedupe,
+    shingle_sizes,
+    words,
+)
+from tasks.parse import raw_entries, store_entries
+from tasks.store import run_article_stage
+from tests.conftest import ROOT, make_settings, rss
+
+_rng = random.Random(11)
+_VOCABULARY = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "tu") for b in range(60)]
+
+
+def story(words_count: int = 200, seed: int | None = None) -> str:
+    """A made-up article: random words, so two stories share next to nothing."""
+    rng = random.Random(seed) if seed is not None else _rng
+    return " ".join(rng.choice(_VOCABULARY) for _ in range(words_count)) + "."
+
+
+def edited(text: str, seed: int = 1) -> str:
+    """Another outlet's copy: dateline, last fifth cut, 5% of words changed, footer."""
+    rng = random.Random(seed)
+    tokens = text.split()
+    tokens = tokens[: len(tokens) * 4 // 5]
+    for i in rng.sample(range(len(tokens)), len(tokens) // 20):
+        tokens[i] = "changed"
+    return "PARIS (Wire) - " + " ".join(tokens) + " Reporting by Wire staff."
+
+
+def exact_jaccard(a: str, b: str, size: int) -> float:
+    def shingles(text: str) -> set[tuple[str, ...]]:
+        w = words(text)
+        return {tuple(w[i : i + size]) for i in range(len(w) - size + 1)}
+
+    sa, sb = shingles(a), shingles(b)
+    return len(sa & sb) / len(sa | sb)
+
+
+# --- pure functions ---------------------------------------------------------------
+
+
+def test_content_fingerprint_ignores_case_punctuation_and_spacing() -> None:
+    assert content_fingerprint("Hello,  World!\n\nBye.") == content_fingerprint("hello world bye")
+    assert content_fingerprint("Hello world") != content_fingerprint("Hello world again")
+    assert content_fingerprint(" ... ") is None
+
+
+def test_short_texts_get_shorter_shingles_and_tiny_ones_none() -> None:
+    assert shingle_sizes(5) == ()
+    assert shingle_sizes(30) == (2, 3)
+    assert shingle_sizes(300) == (3,)
+    assert fingerprint("Watch the video").signatures == {}
+    assert not fingerprint("Watch the video").matchable
+
+
+def test_minhash_estimates_jaccard() -> None:
+    original = story(400)
+    for copy in (original, edited(original), story(400)):
+        a, b = fingerprint(original), fingerprint(copy)
+        assert abs(jaccard_estimate(a.signatures[3], b.signatures[3]) - exact_jaccard(original, copy, 3)) < 0.12
+
+
+def test_band_keys_are_the_same_in_every_process() -> None:
+    text = story(100, seed=3)
+    here = fingerprint(text).band_keys
+    code = f"from tasks.dedupe import fingerprint; print(fingerprint({text!r}).band_keys)"
+    there = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={"PYTHONHASHSEED": "12345", "PATH": ""}, cwd=ROOT,
+    ).stdout
+    assert there.strip() == str(here)
+
+
+def test_band_keys_collide_for_copies_and_differ_by_shingle_size() -> None:
+    text = story(300)
+    original, copy, other = fingerprint(text), fingerprint(edited(text)), fingerprint(story(300))
+    assert set(original.band_keys) & set(copy.band_keys)
+    assert not set(original.band_keys) & set(other.band_keys)
+    signature = original.signatures[3]
+    assert set(band_keys(signature, 2)).isdisjoint(band_keys(signature, 3))
+
+
+def _known(id: int, text: str = "", *, feed_id: int = 1, url: str | None = None, age_days: float = 0) -> Known:
+    fp = fingerprint(text)
+    return Known(id, feed_id, id, utcnow() - timedelta(days=age_days), url,
+                 fp.content_hash if fp.matchable else None, fp.signatures)
+
+
+def test_best_match_prefers_url_then_text_then_near_duplicate() -> None:
+    text = story(200)
+    since = utcnow() - timedelta(days=7)
+    fp = fingerprint(text)
+    near, same_text, same_url = _known(1, edited(text), feed_id=2), _known(2, text, feed_id=3), _known(3, feed_id=4, url="https://a.org/x")
+    assert best_match(fp, "https://a.org/x", 9, [near, same_text, same_url], 0.4, since).reason == URL
+    assert best_match(fp, "https://a.org/y", 9, [near, same_text], 0.4, since).known.id == 2
+    match = best_match(fp, None, 9, [near], 0.4, since)
+    assert match.reason == NEAR and 0.4 <= match.similarity < 1
+    assert best_match(fp, None, 9, [_known(4, story(200), feed_id=2)], 0.4, since) is None
+    assert best_match(fp, None, 9, [near], 0.99, since) is None
+
+
+def test_best_match_joins_the_oldest_cluster_and_ignores_front_page_urls() -> None:
+    text = story(200)
+    fp = fingerprint(text)
+    since = utcnow() - timedelta(days=7)
+    later, first = _known(8, edited(text, seed=5), feed_id=2), _known(5, edited(text, seed=6), feed_id=3)
+    assert best_match(fp, None, 9, [later, first], 0.4, since).known.id == 5
+    front_page = _known(6, story(200), feed_id=2, url="https://a.org/")
+    assert best_match(fp, "https://a.org/", 9, [front_page], 0.4, since) is None
+
+
+def test_a_same_feed_repeat_is_a_reissue_only_while_recent() -> None:
+    text = story(200)
+    fp = fingerprint(edited(text))
+    since = utcnow() - timedelta(days=7)
+    assert best_match(fp, None, 1, [_known(1, text, feed_id=1, age_days=2)], 0.4, since).reason == REISSUE
+    assert best_match(fp, None, 1, [_known(1, text, feed_id=1, age_days=30)], 0.4, since).reason == NEAR
+
+
+def test_short_identical_texts_are_not_duplicates_by_content() -> None:
+    fp = fingerprint("Watch the video")
+    assert best_match(fp, None, 9, [_known(1, "Watch the video")], 0.4, utcnow()) is None
+
+
+# --- the stage on a database ----------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_settings")
+    return request.getfixturevalue("postgres_settings")
+
+
+def add_feed(settings: Settings, url: str) -> int:
+    with session_scope(settings) as session:
+        feed = Feed(url=url)
+        session.add(feed)
+        session.flush()
+        return feed.id
+
+
+def add_article(settings: Settings, feed_id: int, text: str, url: str | None = None, age_days: float = 0) -> int:
+    """An article as the clean stage leaves it: waiting for dedupe."""
+    created = utcnow() - timedelta(days=age_days)
+    with session_scope(settings) as session:
+        article = Article(
+            feed_id=feed_id, entry_key=f"k{_rng.random()}", raw_hash="-", text=text, url=url, title="t",
+            stage="dedupe", status=PENDING, created_at=created, updated_at=created,
+        )
+        session.add(article)
+        session.flush()
+        return article.id
+
+
+def rows(settings: Settings, *ids: int) -> list[tuple]:
+    with session_scope(settings) as session:
+        return [
+            tuple(session.execute(
+                select(Article.duplicate_of, Article.cluster_id, Article.duplicate_reason).where(Article.id == i)
+            ).one())
+            for i in ids
+        ]
+
+
+def test_same_url_or_same_text_elsewhere_links_to_the_first_seen(db: Settings) -> None:
+    a, b, c = (add_feed(db, f"https://{n}.example/feed") for n in "abc")
+    text = story(150)
+    first = add_article(db, a, text, url="https://news.example/story-1")
+    by_url = add_article(db, b, "A different teaser for the same page, long enough to count as a text.", url="https://news.example/story-1")
+    by_text = add_article(db, c, text.upper(), url="https://other.example/s1")
+    other = add_article(db, c, story(150), url="https://other.example/s2")
+    assert run_dedupe(db, [first, by_url, by_text, other]) == [first, by_url, by_text, other]
+    assert rows(db, first, by_url, by_text, other) == [
+        (None, first, None), (first, first, URL), (first, first, TEXT), (None, other, None)
+    ]
+
+
+def test_near_duplicates_join_the_cluster_in_later_batches(db: Settings) -> None:
+    a, b, c = (add_feed(db, f"https://{n}.example/feed") for n in "abc")
+    text = story(300)
+    first = add_article(db, a, text)
+    run_dedupe(db, [first])
+    copy = add_article(db, b, edited(text, seed=2))
+    copy_of_copy = add_article(db, c, edited(edited(text, seed=2), seed=3))
+    unrelated = add_article(db, c, story(300))
+    run_dedupe(db, [copy, copy_of_copy, unrelated])
+    assert rows(db, copy, copy_of_copy, unrelated) == [
+        (first, first, NEAR), (first, first, NEAR), (None, unrelated, None)
+    ]
+    with session_scope(db) as session:  # the index is in SQL: every worker and host sees it
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 4
+        assert session.scalar(select(func.count()).select_from(MinhashBand)) == 4 * 42
+
+
+def test_a_new_guid_for_a_recent_entry_of_the_same_feed_is_a_reissue(db: Settings) -> None:
+    feed, other = add_feed(db, "https://a.example/feed"), add_feed(db, "https://b.example/feed")
+    text, old_text = story(200), story(200)
+    recent = add_article(db, feed, text, age_days=1)
+    old = add_article(db, feed, old_text, age_days=40)
+    run_dedupe(db, [recent, old])
+    reissued = add_article(db, feed, edited(text))
+    evergreen = add_article(db, feed, edited(old_text))
+    elsewhere = add_article(db, other, edited(text, seed=4))
+    run_dedupe(db, [reissued, evergreen, elsewhere])
+    assert rows(db, reissued, evergreen, elsewhere) == [
+        (recent, recent, REISSUE), (old, old, NEAR), (recent, recent, NEAR)
+    ]
+
+
+def test_first_seen_is_the_first_deduped_not_the_lowest_id(db: Settings) -> None:
+    """Concurrent workers may finish a higher id first; it stays the story's first-seen."""
+    a, b = add_feed(db, "https://a.example/feed"), add_feed(db, "https://b.example/feed")
+    text = story(200)
+    low, high = add_article(db, a, text), add_article(db, b, edited(text))
+    run_dedupe(db, [high])
+    run_dedupe(db, [low])
+    assert rows(db, high, low) == [(None, high, None), (high, high, NEAR)]
+
+
+def test_redelivered_batch_changes_nothing(db: Settings) -> None:
+    feed = add_feed(db, "https://a.example/feed")
+    text = story(200)
+    ids = [add_article(db, feed, text), add_article(db, feed, edited(text))]
+    assert run_dedupe(db, ids) == ids
+    before = rows(db, *ids)
+    assert run_dedupe(db, ids) == ids  # still handed on to classify, nothing rewritten
+    assert rows(db, *ids) == before
+    with session_scope(db) as session:
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2
+
+
+def _parse_and_clean(settings: Settings, feed_id: int, document: str) -> list[int]:
+    from tasks.parse import parse_document
+
+    entries = parse_document(document.encode(), None, None).entries
+    with session_scope(settings) as session:
+        new_ids, changed_ids = store_entries(session, feed_id, None, entries)
+    ids = sorted(new_ids + changed_ids)
+    run_article_stage(settings, "clean", ids, apply_clean)
+    return ids
+
+
+def test_revisions_keep_count_and_previous_hash_and_first_seen_stays_first(db: Settings) -> None:
+    """Layer 1: a changed entry is the same row, revision + 1, deduped again."""
+    a, b = add_feed(db, "https://a.example/feed"), add_feed(db, "https://b.example/feed")
+    text = story(200)
+    item = {"title": "Story", "guid": "g1", "description": text}
+    (head,) = _parse_and_clean(db, a, rss([item]))
+    run_dedupe(db, [head])
+    (copy,) = _parse_and_clean(db, b, rss([{"title": "Copy", "guid": "c1", "description": edited(text)}]))
+    run_dedupe(db, [copy])
+    assert _parse_and_clean(db, a, rss([item])) == []  # an unchanged repeat stores nothing
+
+    # The first-seen article is corrected: it stays its story's first-seen.
+    assert _parse_and_clean(db, a, rss([{**item, "description": text + " Correction appended."}])) == [head]
+    run_dedupe(db, [head])
+    # The copy is rewritten into another story: it leaves the cluster.
+    assert _parse_and_clean(db, b, rss([{"title": "Copy", "guid": "c1", "description": story(200)}])) == [copy]
+    run_dedupe(db, [copy])
+    with session_scope(db) as session:
+        first, second = session.get(Article, head), session.get(Article, copy)
+        assert (first.revision, first.cluster_id, first.duplicate_of) == (2, head, None)
+        assert first.previous_content_hash == content_fingerprint(text) != first.content_hash
+        assert (second.revision, second.cluster_id, second.duplicate_of) == (2, copy, None)
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2
+
+
+def test_a_feed_repeating_one_guid_keeps_its_items_apart(sqlite_settings: Settings) -> None:
+    """Layer 1: entries sharing a GUID fall back to their links, each its own article."""
+    entries = raw_entries([
+        {"id": "same", "link": "https://e.org/a", "title": "A"},
+        {"id": "same", "link": "https://e.org/b", "title": "B"},
+    ])
+    assert [e.entry_key for e in entries] == ["link:https://e.org/a", "link:https://e.org/b"]
+
+
+def test_settings_tune_the_threshold(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FEEDMILL_DEDUPE_THRESHOLD", "0.9")
+    monkeypatch.setenv("FEEDMILL_DEDUPE_REISSUE_DAYS", "2")
+    settings = make_settings(tmp_path)
+    assert (settings.dedupe_threshold, settings.dedupe_reissue_days) == (0.9, 2.0)
