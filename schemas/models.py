@@ -109,6 +109,8 @@ class Feed(Base):
     websub_state: Mapped[str] = mapped_column(String(16), default="none")
     websub_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     websub_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Fetch each entry's linked page for its full text: on | off | auto; NULL follows FEEDMILL_FULL_TEXT.
+    full_text: Mapped[str | None] = mapped_column(String(8))
     #: A fetch holds the feed until this time; an expired lease frees it again.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -204,6 +206,8 @@ class Article(Base):
     html: Mapped[str | None] = mapped_column(Text)
     images: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONValue)
     content_hash: Mapped[str | None] = mapped_column(String(64))
+    #: Why the clean stage kept the feed's summary instead of the linked page's full text.
+    clean_note: Mapped[str | None] = mapped_column(Text)
     # Written by the dedupe stage.
     duplicate_of: Mapped[int | None] = mapped_column(
         ForeignKey("articles.id", ondelete="SET NULL")
@@ -245,6 +249,20 @@ class Article(Base):
         Index("ix_articles_feed_published", "feed_id", "published_at"),
         Index("ix_articles_cluster", "cluster_id"),
     )
+
+
+class ParagraphFingerprints(Base):
+    """The short paragraphs of one cleaned article, hashed: the clean stage learns a
+    feed's recurring furniture from its recent articles' rows (docs/clean.md)."""
+
+    __tablename__ = "paragraph_fingerprints"
+
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"))
+    #: 63-bit hashes of the article's distinct short paragraphs (letters and digits, casefolded).
+    fingerprints: Mapped[list[int]] = mapped_column(JSONValue)
+
+    __table_args__ = (Index("ix_paragraph_fingerprints_feed", "feed_id", "article_id"),)
 
 
 class MinhashSignature(Base):
@@ -320,3 +338,34 @@ class Rule(Base):
     #: Fields searched: any of title, text, author, url, tags.
     fields: Mapped[list[str]] = mapped_column(JSONValue)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Failure(Base):
+    """A dead letter: work that failed for good, kept for operators to inspect and re-queue.
+
+    One row per failed article (the article stages) or per task message that
+    exhausted its retries or failed permanently; a repeat of the same open
+    failure bumps ``attempts`` and ``last_seen`` instead of adding a row.
+    """
+
+    __tablename__ = "failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: The Celery task name, e.g. feedmill.clean.
+    task: Mapped[str] = mapped_column(String(64))
+    #: dispatch, fetch, parse, websub, clean, dedupe or classify.
+    stage: Mapped[str] = mapped_column(String(16))
+    #: What failed, as people read it and as repeats are matched: "article 12", "poll 3", "articles 1,2".
+    subject: Mapped[str] = mapped_column(Text)
+    article_ids: Mapped[list[int] | None] = mapped_column(JSONValue)
+    poll_id: Mapped[int | None] = mapped_column(BigId)
+    feed_id: Mapped[int | None] = mapped_column(BigId)
+    error: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: When an operator sent it back to its stage; NULL while open.
+    requeued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_failures_open", "stage", "subject", "requeued_at"),)

@@ -72,6 +72,14 @@ class Settings:
     dedupe_threshold: float = 0.4
     #: FEEDMILL_DEDUPE_REISSUE_DAYS: a new entry repeating one of its feed's entries this recent is a reissue.
     dedupe_reissue_days: float = 7.0
+    #: FEEDMILL_FULL_TEXT: on | off | auto: fetch entries' linked pages for their full text (feeds set --full-text overrides).
+    full_text: str = "auto"
+    #: FEEDMILL_FULL_TEXT_MIN_CHARS: in auto mode, an entry with less body text than this gets its page fetched.
+    full_text_min_chars: int = 400
+    #: FEEDMILL_SWEEP_EVERY: seconds between the sweeper's looks for stuck work.
+    sweep_every: float = 300.0
+    #: FEEDMILL_STUCK_AFTER: seconds after which pending work with no progress is re-enqueued.
+    stuck_after: float = 600.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -100,6 +108,10 @@ class Settings:
             batch_size=int(env("FEEDMILL_BATCH_SIZE") or cls.batch_size),
             dedupe_threshold=float(env("FEEDMILL_DEDUPE_THRESHOLD") or cls.dedupe_threshold),
             dedupe_reissue_days=float(env("FEEDMILL_DEDUPE_REISSUE_DAYS") or cls.dedupe_reissue_days),
+            full_text=(env("FEEDMILL_FULL_TEXT") or cls.full_text).strip().lower(),
+            full_text_min_chars=int(env("FEEDMILL_FULL_TEXT_MIN_CHARS") or cls.full_text_min_chars),
+            sweep_every=float(env("FEEDMILL_SWEEP_EVERY") or cls.sweep_every),
+            stuck_after=float(env("FEEDMILL_STUCK_AFTER") or cls.stuck_after),
         )
 
     @property

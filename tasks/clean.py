@@ -3,16 +3,23 @@
 Feed bodies repeat the title and photo captions, carry share widgets, tracking
 pixels, scripts and broken encodings. Dedupe, classify and display all need one
 clean version, so it is made once here, as pure functions: no database, no network.
-``apply_clean`` and the Celery task at the end are the thin layer around them that
-reads and writes the article row.
+Two things need more than one entry: a feed's own furniture is learned from its
+recent articles (``learn_furniture``, fed from the ``paragraph_fingerprints``
+table), and a summary-only entry gets its linked page's text (``tasks.fulltext``).
+``run_clean`` and the Celery task at the end are the layer that reads and writes
+the rows; docs/clean.md has the rules and the figures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
+import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from html.parser import HTMLParser
 from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -20,13 +27,16 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import ftfy
 import nh3
 from celery import shared_task
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from schemas.models import Article
+from schemas.db import session_scope
+from schemas.models import PENDING, Article, Feed, ParagraphFingerprints
 from schemas.payloads import ArticleBatch, CleanArticle, Image, RawEntry
-from schemas.settings import current_settings
+from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
 from tasks.dedupe import dedupe_task
+from tasks.fulltext import MAX_DEFERRALS, Page, PageRound, fetch_pages, wants_page
 from tasks.store import run_article_stage
 
 # Longer input is cut before parsing, so one huge entry cannot stall a worker.
@@ -74,6 +84,12 @@ JUNK_PARAGRAPH_PATTERNS = (
 )
 # Junk is short: longer paragraphs are never tested against the patterns above.
 MAX_JUNK_CHARS = 200
+# A prompt ending a real paragraph ("... the council said. Read more »") is cut off it.
+# Only after a sentence's end or in brackets: "he wants to read more" is text.
+_PROMPT = r"(?:read more|continue reading|read the (?:full|whole) (?:story|article))"
+_TRAILING_PROMPT = re.compile(rf"(?:(?<=[.!?…\"”’])\s+|\s*[\[(]\s*){_PROMPT}\W*$", re.IGNORECASE)
+_TRAILING_PROMPT_HTML = re.compile(rf"\s*[\[(]?\s*(?:<a\b[^>]*>\s*)?[\[(]?\s*{_PROMPT}(?:[^\w<]|</a>)*$", re.IGNORECASE)
+PROMPT_TAIL_CHARS = 60
 
 # --- URLs --------------------------------------------------------------------
 # Query parameters that only track the click; canonical_url drops them.
@@ -198,7 +214,7 @@ class Block(NamedTuple):
 class _Open:
     """An element open on the parser's stack."""
 
-    __slots__ = ("tag", "tag_kind", "container", "skips", "emitted_in", "figure", "caption")
+    __slots__ = ("caption", "container", "emitted_in", "figure", "skips", "tag", "tag_kind")
 
     def __init__(self, tag: str, parent: _Open | None) -> None:
         self.tag = tag
@@ -217,7 +233,7 @@ class _Open:
 class _Figure:
     """Images and caption text gathered inside one <figure>."""
 
-    __slots__ = ("images", "caption")
+    __slots__ = ("caption", "images")
 
     def __init__(self) -> None:
         self.images: list[tuple[str | None, str]] = []
@@ -489,8 +505,7 @@ def canonical_url(url: str | None) -> str | None:
     userinfo, at, host = parts.netloc.rpartition("@")
     host = host.lower()
     default_port = ":80" if scheme == "http" else ":443"
-    if host.endswith(default_port):
-        host = host[: -len(default_port)]
+    host = host.removesuffix(default_port)
     host = host.rstrip(":")
     if not host:
         return None
@@ -610,6 +625,7 @@ def remove_boilerplate(
             continue
         if is_junk_paragraph(block.text):
             continue
+        block = _strip_trailing_prompt(block)
         if key and counts[key] > 1:
             caption, credit = split_credit(block.text)
             if credit:
@@ -621,6 +637,17 @@ def remove_boilerplate(
             seen.add(identity)
             kept.append(block)
     return kept
+
+
+def _strip_trailing_prompt(block: Block) -> Block:
+    """The paragraph without a trailing "Read more" or "Continue reading" prompt."""
+    start = max(0, len(block.text) - PROMPT_TAIL_CHARS)
+    found = _TRAILING_PROMPT.search(block.text, start)
+    if found is None or found.start() == 0:
+        return block
+    text = block.text[: found.start()]
+    in_html = _TRAILING_PROMPT_HTML.search(block.html, max(0, len(block.html) - 2 * PROMPT_TAIL_CHARS))
+    return block._replace(text=text, html=block.html[: in_html.start()] if in_html else html.escape(text, quote=False))
 
 
 def render_html(blocks: list[Block]) -> str:
@@ -662,8 +689,20 @@ def _summary(
     return trim_at_word(paragraphs[0]) if paragraphs else ""
 
 
-def clean_entry(entry: RawEntry) -> CleanArticle:
-    """Cleans one feed entry: title, canonical URL, summary, text, HTML and images."""
+class Draft(NamedTuple):
+    """An entry cleaned of everything but its feed's learned furniture."""
+
+    title: str
+    title_key: str
+    link: str | None
+    blocks: list[Block]
+    images: list[Image]
+    caption_keys: set[str]
+    separate_summary: str | None
+
+
+def draft_entry(entry: RawEntry) -> Draft:
+    """Parses and cleans one entry's title and body, its own boilerplate removed."""
     title = plain_text(entry.title)
     title_key = _match_key(title)
     content = entry.content_html if entry.content_html and not entry.content_html.isspace() else None
@@ -672,44 +711,223 @@ def clean_entry(entry: RawEntry) -> CleanArticle:
     body, image_pairs = parse_body(content or summary, entry.link)
     images, caption_keys = collect_images(image_pairs)
     blocks = remove_boilerplate(body, title_key, images, caption_keys)
+    return Draft(title, title_key, entry.link, blocks, images, caption_keys, separate_summary)
+
+
+def finish_entry(draft: Draft, furniture: Collection[int] = frozenset()) -> CleanArticle:
+    """The clean article from a draft, its feed's furniture paragraphs removed."""
+    blocks = remove_furniture(draft.blocks, furniture)
     paragraphs = [block.text for block in blocks]
     return CleanArticle(
-        title=title,
-        url=canonical_url(entry.link),
-        summary=_summary(separate_summary, entry.link, title_key, caption_keys, paragraphs),
+        title=draft.title,
+        url=canonical_url(draft.link),
+        summary=_summary(draft.separate_summary, draft.link, draft.title_key, draft.caption_keys, paragraphs),
         text="\n\n".join(paragraphs),
         html=render_html(blocks),
-        images=tuple(images),
+        images=tuple(draft.images),
     )
 
 
-def apply_clean(_session: Session, article: Article) -> None:
-    """Clean one stored article's raw fields into its clean columns."""
-    cleaned = clean_entry(
-        RawEntry(
-            entry_key=article.entry_key,
-            guid=article.guid,
-            link=article.link,
-            title=article.raw_title,
-            author=article.raw_author,
-            published_at=article.published_at,
-            summary_html=article.raw_summary_html,
-            content_html=article.raw_content_html,
-            raw_hash=article.raw_hash,
+def clean_entry(entry: RawEntry, furniture: Collection[int] = frozenset()) -> CleanArticle:
+    """Cleans one feed entry: title, canonical URL, summary, text, HTML and images."""
+    return finish_entry(draft_entry(entry), furniture)
+
+
+# --- learned furniture --------------------------------------------------------
+# A feed's furniture ("Listen to this article", "© Example Media", a standing
+# podcast plug) is a short paragraph that recurs across its articles. The rule
+# (docs/clean.md): a paragraph of at most FURNITURE_MAX_CHARS is furniture when
+# its fingerprint is in at least max(FURNITURE_MIN_ARTICLES, FURNITURE_SHARE * w)
+# of w articles: the feed's FURNITURE_WINDOW most recent other cleaned articles
+# plus the batch being cleaned.
+FURNITURE_MAX_CHARS = 400
+FURNITURE_WINDOW = 50
+FURNITURE_MIN_ARTICLES = 3
+FURNITURE_SHARE = 0.3
+
+
+def paragraph_fingerprint(text: str) -> int | None:
+    """63-bit hash of a short paragraph's letters and digits; None for long or empty ones."""
+    if len(text) > FURNITURE_MAX_CHARS:
+        return None
+    key = _match_key(text)
+    if not key:
+        return None
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def paragraph_fingerprints(blocks: Sequence[Block]) -> list[int]:
+    """The distinct fingerprints of an article's short paragraphs, sorted."""
+    return sorted({fp for block in blocks if (fp := paragraph_fingerprint(block.text)) is not None})
+
+
+def learn_furniture(articles: Sequence[Collection[int]]) -> frozenset[int]:
+    """Fingerprints present in enough of these articles (each a fingerprint set) to be furniture."""
+    counts = Counter(fp for fingerprints in articles for fp in set(fingerprints))
+    needed = max(FURNITURE_MIN_ARTICLES, math.ceil(FURNITURE_SHARE * len(articles)))
+    return frozenset(fp for fp, count in counts.items() if count >= needed)
+
+
+def remove_furniture(blocks: list[Block], furniture: Collection[int]) -> list[Block]:
+    if not furniture:
+        return blocks
+    return [block for block in blocks if paragraph_fingerprint(block.text) not in furniture]
+
+
+# --- the stage ------------------------------------------------------------------
+
+
+def raw_entry(article: Article) -> RawEntry:
+    return RawEntry(
+        entry_key=article.entry_key,
+        guid=article.guid,
+        link=article.link,
+        title=article.raw_title,
+        author=article.raw_author,
+        published_at=article.published_at,
+        summary_html=article.raw_summary_html,
+        content_html=article.raw_content_html,
+        raw_hash=article.raw_hash,
+    )
+
+
+def body_chars(draft: Draft) -> int:
+    return sum(len(block.text) for block in draft.blocks)
+
+
+def draft_with_page(entry: RawEntry, page: Page | None) -> Draft:
+    """The entry's draft, from its linked page's article when that has more text."""
+    draft = draft_entry(entry)
+    if page is None or page.html is None:
+        return draft
+    page_draft = draft_entry(
+        replace(
+            entry,
+            link=page.url,
+            title=entry.title or page.title,
+            content_html=page.html,
+            summary_html=entry.summary_html or entry.content_html,
         )
     )
-    article.title = cleaned.title
-    article.url = cleaned.url
-    article.author = plain_text(article.raw_author) or None
-    article.summary = cleaned.summary
-    article.text = cleaned.text
-    article.html = cleaned.html
-    article.images = [image.to_dict() for image in cleaned.images]
+    return page_draft if body_chars(page_draft) > body_chars(draft) else draft
+
+
+class CleanBatch:
+    """One claimed batch: drafts every article, learns each feed's furniture in one
+    query per feed, records the batch's fingerprints; ``apply`` writes one article."""
+
+    def __init__(self, pages: dict[int, Page], drafts: dict[int, tuple[str, Draft]]) -> None:
+        self.pages = pages
+        self.drafts = drafts  # made while planning pages, keyed by the raw_hash they were made from
+        self.results: dict[int, CleanArticle | Exception] = {}
+
+    def prepare(self, session: Session, articles: Sequence[Article]) -> None:
+        drafts: dict[int, Draft] = {}
+        for article in articles:
+            cached = self.drafts.get(article.id)
+            if cached and cached[0] == article.raw_hash and article.id not in self.pages:
+                drafts[article.id] = cached[1]
+                continue
+            try:
+                drafts[article.id] = draft_with_page(raw_entry(article), self.pages.get(article.id))
+            except Exception as exc:  # recorded on the article by apply, not the batch
+                self.results[article.id] = exc
+        fingerprints = {article_id: paragraph_fingerprints(draft.blocks) for article_id, draft in drafts.items()}
+        feed_of = {article.id: article.feed_id for article in articles}
+        by_feed: dict[int, list[int]] = {}
+        for article_id in drafts:
+            by_feed.setdefault(feed_of[article_id], []).append(article_id)
+        for feed_id, ids in by_feed.items():
+            recent = session.scalars(
+                select(ParagraphFingerprints.fingerprints)
+                .where(ParagraphFingerprints.feed_id == feed_id, ParagraphFingerprints.article_id.not_in(feed_of))
+                .order_by(ParagraphFingerprints.article_id.desc())
+                .limit(FURNITURE_WINDOW)
+            ).all()
+            furniture = learn_furniture([*recent, *(fingerprints[i] for i in ids)])
+            for article_id in ids:
+                try:
+                    self.results[article_id] = finish_entry(drafts[article_id], furniture)
+                except Exception as exc:
+                    self.results[article_id] = exc
+        session.execute(delete(ParagraphFingerprints).where(ParagraphFingerprints.article_id.in_(feed_of)))
+        if fingerprints:
+            session.execute(
+                insert(ParagraphFingerprints),
+                [{"article_id": i, "feed_id": feed_of[i], "fingerprints": fps} for i, fps in fingerprints.items()],
+            )
+
+    def apply(self, _session: Session, article: Article) -> None:
+        cleaned = self.results[article.id]
+        if isinstance(cleaned, Exception):
+            raise cleaned
+        page = self.pages.get(article.id)
+        article.title = cleaned.title
+        article.url = cleaned.url
+        article.author = plain_text(article.raw_author) or None
+        article.summary = cleaned.summary
+        article.text = cleaned.text
+        article.html = cleaned.html
+        article.images = [image.to_dict() for image in cleaned.images]
+        article.clean_note = page.note if page else None
+        if article.published_at is None and page is not None:
+            article.published_at = page.published_at
+
+
+class CleanStep(NamedTuple):
+    """Ids ready for dedupe, and ids deferred (a busy host) with how long to wait."""
+
+    ready: list[int]
+    deferred: list[int]
+    wait_seconds: float
+
+
+def plan_pages(
+    settings: Settings, article_ids: Sequence[int]
+) -> tuple[list[tuple[int, str]], dict[int, tuple[str, Draft]]]:
+    """(article id, link) of the batch's pending articles whose linked page is wanted,
+    and the drafts made to decide it (by id, with the raw_hash they were made from)."""
+    with session_scope(settings) as session:
+        rows = session.execute(
+            select(Article, Feed.full_text)
+            .join(Feed, Feed.id == Article.feed_id)
+            .where(Article.id.in_(article_ids), Article.stage == "clean", Article.status == PENDING)
+            .order_by(Article.id)
+        ).all()
+        wanted = []
+        drafts = {}
+        for article, feed_mode in rows:
+            mode = feed_mode or settings.full_text
+            if mode == "off" or not article.link:
+                continue
+            try:
+                draft = draft_entry(raw_entry(article))
+            except Exception:  # the stage itself records this article's error
+                continue
+            drafts[article.id] = (article.raw_hash, draft)
+            if wants_page(mode, body_chars(draft), article.link, settings.full_text_min_chars):
+                wanted.append((article.id, article.link))
+        return wanted, drafts
+
+
+def run_clean(settings: Settings, article_ids: Sequence[int], deferrals: int = 0) -> CleanStep:
+    """Fetch the pages the batch needs (outside any transaction), then clean the batch."""
+    wanted, drafts = plan_pages(settings, article_ids)
+    pages = fetch_pages(settings, wanted, give_up_waiting=deferrals >= MAX_DEFERRALS) if wanted else PageRound()
+    deferred = set(pages.deferred)
+    now = [i for i in article_ids if i not in deferred]
+    batch = CleanBatch(pages.pages, drafts)
+    ready = run_article_stage(settings, "clean", now, batch.apply, prepare=batch.prepare) if now else []
+    return CleanStep(ready, pages.deferred, pages.wait_seconds)
 
 
 @shared_task(base=StageTask, name="feedmill.clean")
 def clean_task(message: dict) -> None:
     batch = ArticleBatch.from_message(message)
-    ready = run_article_stage(current_settings(), "clean", batch.article_ids, apply_clean)
-    if ready:
-        dedupe_task.delay(ArticleBatch(tuple(ready)).to_message())
+    deferrals = int(message.get("deferrals", 0))
+    step = run_clean(current_settings(), batch.article_ids, deferrals)
+    if step.deferred:
+        later = ArticleBatch(tuple(step.deferred)).to_message() | {"deferrals": deferrals + 1}
+        clean_task.apply_async((later,), countdown=step.wait_seconds)
+    if step.ready:
+        dedupe_task.delay(ArticleBatch(tuple(step.ready)).to_message())

@@ -12,11 +12,10 @@ poll here and schedule the next one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-import httpx
 from celery import shared_task
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -35,14 +34,13 @@ from schemas.models import (
 from schemas.payloads import FetchResult, PollRef
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
-from tasks.http import FetchRefused, check_url_allowed, http_client
+from tasks.http import safe_get
 from tasks.parse import parse_task
 from tasks.politeness import claim_host_slot, release_host_slot
 from tasks.schedule import http_hints
 from tasks.store import finish_poll_of_feed
 
 ERROR_TEXT_LIMIT = 500
-PERMANENT_REDIRECTS = (301, 308)
 CACHE_HEADERS = ("cache-control", "expires", "retry-after")
 
 
@@ -55,67 +53,26 @@ def fetch_feed(
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    timeout = httpx.Timeout(settings.fetch_timeout)
-    deadline = time.monotonic() + settings.fetch_deadline
-    current = url
-    all_permanent = True
-    try:
-        for hop in range(settings.max_redirects + 1):
-            check_url_allowed(current, settings.allow_private_networks)
-            with http_client().stream("GET", current, headers=headers, timeout=timeout) as response:
-                if response.is_redirect and "location" in response.headers:
-                    all_permanent = all_permanent and response.status_code in PERMANENT_REDIRECTS
-                    current = urljoin(current, response.headers["location"])
-                    continue
-                moved_to = current if hop > 0 and all_permanent else None
-                return _read_response(response, current, settings, deadline, moved_to)
-        return _failed(current, f"more than {settings.max_redirects} redirects")
-    except FetchRefused as exc:
-        return _failed(current, str(exc))
-    except httpx.TimeoutException:
-        return _failed(current, f"timed out (no answer within {settings.fetch_timeout:g} s)")
-    except httpx.DecodingError as exc:
-        return _failed(current, f"could not decode the compressed body: {exc}")
-    except httpx.HTTPError as exc:
-        return _failed(current, f"connection failed: {exc or type(exc).__name__}")
-
-
-def _read_response(
-    response: httpx.Response, url: str, settings: Settings, deadline: float, moved_to: str | None
-) -> FetchResult:
-    code = response.status_code
-    cache_headers = {name: response.headers[name] for name in CACHE_HEADERS if name in response.headers}
-    if code == 304:
-        return FetchResult(304, url, None, None, None, None, cache_headers=cache_headers, permanent_redirect=moved_to)
-    if code >= 400 or code < 200:
-        reason = response.reason_phrase or ""
-        return _failed(url, f"HTTP {code} {reason}".strip(), code, cache_headers)
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_bytes():  # decoded: the cap applies after decompression
-        size += len(chunk)
-        if size > settings.max_body_bytes:
-            return _failed(url, f"body larger than {settings.max_body_bytes} bytes", code)
-        if time.monotonic() > deadline:
-            return _failed(url, f"fetch took longer than {settings.fetch_deadline:g} s", code)
-        chunks.append(chunk)
+    answer = safe_get(url, settings, headers)
+    cache_headers = {name: answer.headers[name] for name in CACHE_HEADERS if name in answer.headers}
+    code = answer.status_code
+    if answer.error is None and code == 304:
+        return FetchResult(304, answer.url, None, None, None, None, cache_headers=cache_headers, permanent_redirect=answer.moved_to)
+    if answer.error is None and code is not None and not 200 <= code < 300:
+        answer = replace(answer, error=f"HTTP {code} {answer.reason}".strip())
+    if answer.error is not None:
+        return FetchResult(
+            code, answer.url, None, None, None, None, error=answer.error[:ERROR_TEXT_LIMIT], cache_headers=cache_headers
+        )
     return FetchResult(
         status_code=code,
-        final_url=url,
-        body=b"".join(chunks),
-        etag=response.headers.get("etag"),
-        last_modified=response.headers.get("last-modified"),
-        content_type=response.headers.get("content-type"),
+        final_url=answer.url,
+        body=answer.body,
+        etag=answer.headers.get("etag"),
+        last_modified=answer.headers.get("last-modified"),
+        content_type=answer.headers.get("content-type"),
         cache_headers=cache_headers,
-        permanent_redirect=moved_to,
-    )
-
-
-def _failed(
-    url: str, error: str, status_code: int | None = None, cache_headers: dict[str, str] | None = None
-) -> FetchResult:
-    return FetchResult(
-        status_code, url, None, None, None, None, error=error[:ERROR_TEXT_LIMIT], cache_headers=cache_headers or {}
+        permanent_redirect=answer.moved_to,
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from schemas.db import session_scope
 from schemas.models import FAILED, OK, PENDING, STAGES, Article, Feed, utcnow
 from schemas.settings import Settings
+from tasks.failures import record_failure
 from tasks.schedule import (
     MIN_ENTRIES_FOR_RATE,
     WEEK,
@@ -81,6 +82,10 @@ def run_article_stage(
                 article.status = FAILED
                 article.error = _error_text(stage, exc)
                 article.updated_at = utcnow()
+                record_failure(
+                    session, f"feedmill.{stage}", f"article {article.id}", article.error,
+                    traceback="".join(traceback.format_exception(exc)), article_ids=[article.id],
+                )
         if following == "done":
             return []
         return list(

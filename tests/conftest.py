@@ -53,6 +53,9 @@ class Resource:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     etag: str | None = None
     delay: float = 0.0
+    #: Sent instead of ``body`` with chunked encoding, ``drip`` seconds apart (endless or slow bodies).
+    chunks: Callable[[], Iterator[bytes]] | None = None
+    drip: float = 0.0
 
 
 class Publisher:
@@ -94,7 +97,25 @@ class Publisher:
                     if self.headers.get("If-None-Match") == resource.etag:
                         self._send(304, b"", headers)
                         return
+                if resource.chunks is not None:
+                    self._stream(resource, headers)
+                    return
                 self._send(resource.status, resource.body, headers)
+
+            def _stream(self, resource: Resource, headers: dict[str, str]) -> None:
+                self.send_response(resource.status)
+                for key, value in {**headers, "Transfer-Encoding": "chunked"}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                try:
+                    for chunk in resource.chunks():
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                        time.sleep(resource.drip)
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up, as it should
+                self.close_connection = True
 
             def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
@@ -171,6 +192,7 @@ def make_settings(home: Path, database_url: str | None = None, broker_url: str |
         fetch_timeout=2.0,
         fetch_deadline=4.0,
         host_min_interval=0.0,
+        full_text="off",  # tests never fetch pages they did not serve; full-text tests turn it on per feed
     )
 
 
@@ -244,6 +266,7 @@ def feedmill_env(settings: Settings) -> dict[str, str]:
         FEEDMILL_HOST_MIN_INTERVAL=str(settings.host_min_interval),
         FEEDMILL_HOST_MAX_CONCURRENT=str(settings.host_max_concurrent),
         FEEDMILL_WEBSUB_CALLBACK_URL=settings.websub_callback_url,
+        FEEDMILL_FULL_TEXT=settings.full_text,
     )
     return env
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 import unicodedata
 from calendar import timegm
-from datetime import datetime, timezone
+from collections import Counter
+from datetime import UTC, datetime
 from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,7 +18,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.payloads import CleanArticle, Image, RawEntry
-from tasks.clean import canonical_url, clean_entry
+from tasks.clean import (
+    FURNITURE_MAX_CHARS,
+    canonical_url,
+    clean_entry,
+    draft_entry,
+    draft_with_page,
+    finish_entry,
+    learn_furniture,
+    paragraph_fingerprint,
+    paragraph_fingerprints,
+)
+from tasks.fulltext import Page, extract_page, wants_page
 
 SEED_FEED = Path(__file__).resolve().parent.parent / "examples" / "seed-news.xml"
 LINK = "https://example.com/news/2024/story.html"
@@ -109,7 +122,7 @@ def seed_entries() -> tuple[RawEntry, ...]:
                 link=item.link,
                 title=item.title,
                 author=item.get("author"),
-                published_at=datetime.fromtimestamp(timegm(published), timezone.utc) if published else None,
+                published_at=datetime.fromtimestamp(timegm(published), UTC) if published else None,
                 # feedparser copies content into summary when an item has no <description>
                 summary_html=item.summary if "summary_detail" in item else None,
                 content_html=item.content[0].value,
@@ -568,3 +581,198 @@ markup = st.lists(st.one_of(st.text(max_size=20), html_pieces), max_size=40).map
 @given(content=st.one_of(st.text(), markup), summary=st.one_of(st.none(), markup), title=st.one_of(st.none(), markup))
 def test_clean_entry_never_raises_and_output_is_safe(content, summary, title):
     assert_well_formed(clean_entry(make_entry(content, summary=summary, title=title, link=LINK)))
+
+
+# --- script injection in every field that reaches html -----------------------
+
+INJECTIONS = (
+    '<script>alert(1)</script>',
+    '<img src=x onerror="alert(1)">',
+    '<a href="javascript:alert(1)">click</a>',
+    '<a href=" jav&#x09;ascript:alert(1)">click</a>',
+    '<svg onload="alert(1)"><script>alert(1)</script></svg>',
+    '<iframe src="javascript:alert(1)"></iframe>',
+    '<p style="background:url(javascript:alert(1))">styled</p>',
+    '&lt;script&gt;alert(1)&lt;/script&gt;',
+    '<scr<script>ipt>alert(1)</script>',
+)
+
+
+def assert_no_active_content(markup: str) -> None:
+    collector = TagCollector(markup)
+    assert collector.tags <= HTML_TAGS
+    for tag, name, value in collector.attributes:
+        assert (tag, name) in {("a", "href"), ("a", "rel")}, (tag, name)
+        if name == "href":
+            assert value.startswith(("https://", "http://", "mailto:")), value
+    assert "<script" not in markup.lower()
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_injection_in_summary_only_entry_is_neutralised(payload):
+    article = clean_entry(make_entry(None, summary=f"<p>Teaser {payload} text.</p>"))
+    assert_no_active_content(article.html)
+    assert article.text.startswith("Teaser")
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_injection_in_title_never_reaches_html(payload):
+    article = clean_entry(make_entry("<p>Body.</p>", title=f"Headline {payload}"))
+    assert article.html == "<p>Body.</p>"
+    assert "<" not in article.title.replace("<script>alert(1)</script>", "")  # plain text, escaped as text
+
+
+@pytest.mark.parametrize("link", ["javascript:alert(1)", "data:text/html,<script>alert(1)</script>", " JAVASCRIPT:x"])
+def test_hostile_entry_link_is_neither_url_nor_base(link):
+    article = clean_entry(make_entry('<p><a href="/about">about</a> <img src="/a.jpg"></p>', link=link))
+    assert article.url is None
+    assert article.html == "<p>about</p>" and article.images == ()
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_injection_in_fetched_page_is_neutralised(payload):
+
+    page = Page(LINK, html=f"<html><body><p>Long page paragraph one. {payload}</p><p>{'More words. ' * 60}</p></body></html>")
+    article = finish_entry(draft_with_page(make_entry(None, summary="<p>Short.</p>"), page))
+    assert "More words." in article.text
+    assert_no_active_content(article.html)
+
+
+# --- learned per-feed furniture (pure) -----------------------------------------
+
+
+def test_learn_furniture_needs_three_articles_and_a_share():
+
+    assert learn_furniture([{1, 2}, {1, 3}]) == frozenset()
+    assert learn_furniture([{1, 2}, {1, 3}, {1, 4}]) == {1}
+    # 3 of 20 articles is not 30 %: a stock sentence that recurs now and then stays.
+    window = [{7}] * 3 + [{n} for n in range(100, 117)]
+    assert learn_furniture(window) == frozenset()
+    assert learn_furniture([{7}] * 6 + [{n} for n in range(100, 114)]) == {7}
+
+
+def test_fingerprints_ignore_case_punctuation_and_long_paragraphs():
+
+    assert paragraph_fingerprint("Listen to this article") == paragraph_fingerprint("LISTEN to this article!")
+    assert paragraph_fingerprint("x" * (FURNITURE_MAX_CHARS + 1)) is None
+    assert paragraph_fingerprint("…") is None
+    assert 0 <= paragraph_fingerprint("Share") < 2**63
+
+
+def test_furniture_is_removed_and_real_paragraphs_stay():
+
+    entries = [make_entry(f"<p>Listen to this article</p><p>Story {n} body.</p><p>Yes.</p>") for n in range(3)]
+    drafts = [draft_entry(entry) for entry in entries]
+    furniture = learn_furniture([paragraph_fingerprints(d.blocks) for d in drafts[:2]] + [set()])
+    assert furniture == frozenset()  # in 2 articles only
+    furniture = learn_furniture([paragraph_fingerprints(d.blocks) for d in drafts])
+    # "Yes." recurs too: in three articles of three it is this feed's furniture, by the rule.
+    assert [finish_entry(d, furniture).text for d in drafts] == ["Story 0 body.", "Story 1 body.", "Story 2 body."]
+    assert finish_entry(drafts[0]).text == "Listen to this article\n\nStory 0 body.\n\nYes."
+
+
+# --- full text (pure) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode, chars, link, wanted",
+    [
+        ("auto", 120, LINK, True),
+        ("auto", 400, LINK, False),
+        ("auto", 10, None, False),
+        ("auto", 10, "mailto:a@b.example", False),
+        ("on", 5000, LINK, True),
+        ("off", 0, LINK, False),
+    ],
+)
+def test_wants_page(mode, chars, link, wanted):
+
+    assert wants_page(mode, chars, link, 400) is wanted
+
+
+def test_extract_page_finds_article_title_and_date():
+
+    body = "".join(f"<p>Paragraph {n} of the story, long enough to count as body text for the extractor.</p>" for n in range(6))
+    page = extract_page(
+        (
+            '<html><head><title>Big story | Site</title><meta property="article:published_time" content="2023-11-02T08:00:00Z">'
+            f'</head><body><nav><a href="/">Home</a> <a href="/a">A</a></nav><article><h1>Big story</h1>{body}</article>'
+            "<footer>Copyright Site Ltd. All rights reserved.</footer></body></html>"
+        ).encode(),
+        LINK,
+    )
+    assert page.note is None and "Paragraph 5 of the story" in page.html and "Copyright" not in page.html
+    assert page.title == "Big story"
+    assert page.published_at == datetime(2023, 11, 2, tzinfo=UTC)
+
+
+def test_extract_page_without_text_gives_a_note():
+
+    page = extract_page(b"<html><body></body></html>", LINK)
+    assert page.html is None and page.note.startswith("full text:")
+
+
+def test_page_replaces_the_summary_only_when_it_says_more():
+
+    entry = make_entry("<p>" + "Feed body sentence. " * 40 + "</p>")
+    short_page = Page("https://example.com/final", html="<p>Tiny page.</p>")
+    assert finish_entry(draft_with_page(entry, short_page)).text.startswith("Feed body sentence.")
+    long_page = Page("https://example.com/final?utm_source=x", html="<p>" + "Page sentence. " * 80 + "</p>")
+    article = finish_entry(draft_with_page(make_entry(None, summary="<p>Teaser.</p>"), long_page))
+    assert article.text.startswith("Page sentence.") and article.summary == "Teaser."
+    assert article.url == "https://example.com/final"
+
+
+# --- fixture set: token-level F1 against the expected text ---------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "clean"
+F1_TARGET = 0.97
+
+
+def load_fixture(path: Path) -> tuple[str | None, RawEntry, str]:
+    """(feed group, entry, expected text) of one fixture file pair."""
+    head, _, body = path.read_text().partition("\n---\n")
+    fields = dict(line.split(": ", 1) for line in head.splitlines())
+    entry = make_entry(body, summary=fields.get("summary"), title=fields["title"], link=fields["link"])
+    return fields.get("feed"), entry, path.with_suffix(".txt").read_text().strip()
+
+
+def token_f1(got: str, expected: str) -> float:
+    """F1 of the multisets of casefolded word tokens."""
+    got_tokens, expected_tokens = (Counter(re.findall(r"\w+", t.casefold())) for t in (got, expected))
+    overlap = sum((got_tokens & expected_tokens).values())
+    if not got_tokens and not expected_tokens:
+        return 1.0
+    if not overlap:
+        return 0.0
+    precision, recall = overlap / sum(got_tokens.values()), overlap / sum(expected_tokens.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def clean_fixtures() -> dict[str, tuple[str, str]]:
+    """name -> (cleaned text, expected text); a feed group is cleaned as one batch, as the stage does."""
+
+    loaded = {path.stem: load_fixture(path) for path in sorted(FIXTURES.glob("*.html"))}
+    drafts = {name: draft_entry(entry) for name, (_, entry, _) in loaded.items()}
+    groups: dict[str | None, list[str]] = {}
+    for name, (feed, _, _) in loaded.items():
+        groups.setdefault(feed, []).append(name)
+    results = {}
+    for feed, names in groups.items():
+        furniture = learn_furniture([paragraph_fingerprints(drafts[n].blocks) for n in names]) if feed else frozenset()
+        for name in names:
+            results[name] = (finish_entry(drafts[name], furniture).text, loaded[name][2])
+    return results
+
+
+def test_fixture_set_covers_at_least_30_items():
+    assert len(list(FIXTURES.glob("*.html"))) >= 30
+    assert all(path.with_suffix(".txt").exists() for path in FIXTURES.glob("*.html"))
+
+
+def test_fixture_set_mean_token_f1(capsys):
+    scores = {name: token_f1(got, expected) for name, (got, expected) in clean_fixtures().items()}
+    mean = sum(scores.values()) / len(scores)
+    with capsys.disabled():
+        print(f"\nclean fixtures: {len(scores)} items, mean token F1 {mean:.4f}, min {min(scores.values()):.4f}")
+    assert mean >= F1_TARGET, {name: round(score, 3) for name, score in scores.items() if score < 1}

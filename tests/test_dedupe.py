@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from schemas.db import session_scope
 from schemas.models import PENDING, Article, Feed, MinhashBand, MinhashSignature, utcnow
 from schemas.settings import Settings
-from tasks.clean import apply_clean
+from tasks.clean import run_clean
 from tasks.dedupe import (
     NEAR,
     REISSUE,
@@ -31,7 +31,6 @@ from tasks.dedupe import (
     words,
 )
 from tasks.parse import raw_entries, store_entries
-from tasks.store import run_article_stage
 from tests.conftest import ROOT, make_settings, rss
 
 _rng = random.Random(11)
@@ -264,7 +263,7 @@ def _parse_and_clean(settings: Settings, feed_id: int, document: str) -> list[in
     with session_scope(settings) as session:
         new_ids, changed_ids = store_entries(session, feed_id, None, entries)
     ids = sorted(new_ids + changed_ids)
-    run_article_stage(settings, "clean", ids, apply_clean)
+    run_clean(settings, ids)
     return ids
 
 

@@ -20,7 +20,14 @@ from schemas.settings import Settings
 from tasks.fetch import run_fetch
 from tasks.parse import run_parse
 from tasks.politeness import claim_host_slot, release_host_slot
-from tests.conftest import Publisher, WorkerProcess, feedmill, make_settings, rss, use_broker
+from tests.conftest import (
+    Publisher,
+    WorkerProcess,
+    feedmill,
+    make_settings,
+    rss,
+    use_broker,
+)
 from workers.scheduler import claim_feeds, enqueue_fetches
 
 FEED = rss([{"title": "One", "guid": "1", "description": "Body of one."}, {"title": "Two", "guid": "2", "description": "Body two."}])

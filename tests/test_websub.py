@@ -19,7 +19,15 @@ import pytest
 
 from schemas.settings import Settings
 from tasks.websub import signature_valid
-from tests.conftest import Publisher, WorkerProcess, feedmill, feedmill_env, free_port, make_settings, use_broker
+from tests.conftest import (
+    Publisher,
+    WorkerProcess,
+    feedmill,
+    feedmill_env,
+    free_port,
+    make_settings,
+    use_broker,
+)
 
 
 def websub_feed(hub: str, self_url: str, items: list[tuple[str, str]]) -> str:

@@ -18,6 +18,7 @@ from schemas.settings import Settings, current_settings
 QUEUES = ("schedule", "fetch", "parse", "clean", "dedupe", "classify")
 TASK_QUEUES = {
     "feedmill.dispatch": "schedule",
+    "feedmill.sweep": "schedule",
     "feedmill.fetch": "fetch",
     "feedmill.websub_subscribe": "fetch",
     "feedmill.parse": "parse",
@@ -47,7 +48,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "fetch",
         "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         "beat_schedule": {
-            "dispatch-due-feeds": {"task": "feedmill.dispatch", "schedule": settings.dispatch_every}
+            "dispatch-due-feeds": {"task": "feedmill.dispatch", "schedule": settings.dispatch_every},
+            "sweep-stuck-work": {"task": "feedmill.sweep", "schedule": settings.sweep_every},
         },
         "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
         "timezone": "UTC",

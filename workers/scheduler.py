@@ -8,11 +8,12 @@ lease that expires frees a feed whose worker died.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
 from celery import shared_task
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from schemas.db import session_scope
 from schemas.models import (
@@ -35,6 +36,8 @@ from tasks.fetch import fetch_task
 from tasks.parse import parse_task
 from tasks.store import chunked
 from tasks.websub import feeds_to_subscribe, websub_subscribe_task
+
+log = logging.getLogger(__name__)
 
 STAGE_TASKS = {"clean": clean_task, "dedupe": dedupe_task, "classify": classify_task}
 #: Most feeds one dispatch claims; the next dispatch takes the rest.
@@ -87,20 +90,23 @@ def enqueue_fetches(poll_ids: Sequence[int]) -> None:
         fetch_task.delay(PollRef(poll_id).to_message())
 
 
-def requeue_unfinished(settings: Settings) -> dict[str, int]:
-    """Enqueue every article still pending in a stage and every unparsed body.
+def requeue_unfinished(settings: Settings, older_than: float | None = None) -> dict[str, int]:
+    """Enqueue every article still pending in a stage and every unparsed body,
+    or with ``older_than`` (seconds) only those untouched for that long (the sweeper).
 
     Stages are idempotent, so re-sending work that is also still queued
     costs a little time and changes nothing.
     """
     counts: dict[str, int] = {}
+    polls = select(Poll.id).where(Poll.status == POLL_FETCHED)
+    articles = select(Article.stage, Article.id).where(Article.status == PENDING, Article.stage.in_(list(STAGE_TASKS)))
+    if older_than is not None:
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        polls = polls.where(func.coalesce(Poll.started_at, Poll.requested_at) < cutoff)
+        articles = articles.where(Article.updated_at < cutoff)
     with session_scope(settings) as session:
-        unparsed = list(session.scalars(select(Poll.id).where(Poll.status == POLL_FETCHED)))
-        pending = session.execute(
-            select(Article.stage, Article.id)
-            .where(Article.status == PENDING, Article.stage.in_(list(STAGE_TASKS)))
-            .order_by(Article.id)
-        ).all()
+        unparsed = list(session.scalars(polls))
+        pending = session.execute(articles.order_by(Article.id)).all()
     for poll_id in unparsed:
         parse_task.delay(PollRef(poll_id).to_message())
     counts["parse"] = len(unparsed)
@@ -121,3 +127,14 @@ def dispatch_task() -> int:
     for feed_id in feeds_to_subscribe(settings):
         websub_subscribe_task.delay(feed_id)
     return len(poll_ids)
+
+
+@shared_task(base=StageTask, name="feedmill.sweep")
+def sweep_task() -> dict[str, int]:
+    """Periodic (celery beat): re-enqueue work stuck longer than FEEDMILL_STUCK_AFTER
+    (worker killed, message lost, broker flushed), so the database, not the broker, is the guarantee."""
+    settings = current_settings()
+    counts = requeue_unfinished(settings, older_than=settings.stuck_after)
+    if any(counts.values()):
+        log.warning("sweeper re-enqueued stuck work: %s", counts)
+    return counts

@@ -12,9 +12,16 @@ import sys
 
 import click
 
-from workers.cli import export, feeds, processes
-from workers.cli import classifier, reprocess, rules
-from workers.cli import clusters
+from workers.cli import (
+    classifier,
+    clusters,
+    export,
+    failures,
+    feeds,
+    processes,
+    reprocess,
+    rules,
+)
 
 
 @click.group()
@@ -34,6 +41,8 @@ cli.add_command(classifier.explain)
 cli.add_command(rules.rules)
 cli.add_command(reprocess.reprocess)
 cli.add_command(clusters.clusters)
+cli.add_command(failures.failures)
+cli.add_command(failures.requeue)
 
 
 def main() -> None:

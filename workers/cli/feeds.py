@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from schemas.db import insert_for, session_scope
 from schemas.models import Feed, Poll, utcnow
 from schemas.settings import Settings
+from tasks.fulltext import FULL_TEXT_MODES
 from workers.cli.common import iso, migrated_settings
 
 
@@ -109,6 +110,7 @@ def _feed_record(feed: Feed, last_poll: Poll | None) -> dict[str, Any]:
         "next_poll_at": iso(feed.next_poll_at),
         "next_poll_reason": feed.next_poll_reason,
         "interval_override": feed.interval_override,
+        "full_text": feed.full_text,
         "schedule_hints": feed.schedule_hints,
         "etag": feed.etag,
         "last_modified": feed.last_modified,
@@ -202,6 +204,8 @@ def feeds_show(url: str, history: int, as_json: bool) -> None:
         click.echo(f"       interval override: {record['interval_override']} s")
     if record["schedule_hints"]:
         click.echo(f"       publisher hints: {json.dumps(record['schedule_hints'])}")
+    if record["full_text"]:
+        click.echo(f"       full text: {record['full_text']}")
     if record["websub"]["wanted"] or record["websub"]["hub"]:
         w = record["websub"]
         click.echo(f"       websub: {w['state']} (hub {w['hub'] or 'none advertised'}, expires {w['expires_at'] or '-'})")
@@ -229,14 +233,27 @@ def parse_interval(text: str) -> int | None:
 
 @feeds.command("set")
 @click.argument("url")
-@click.option("--interval", required=True, help="Fixed poll interval (15m, 2h, 1d) or 'auto' for adaptive.")
-def feeds_set(url: str, interval: str) -> None:
-    """Override one feed's poll interval, or return it to the adaptive schedule."""
-    seconds = parse_interval(interval)
+@click.option("--interval", help="Fixed poll interval (15m, 2h, 1d) or 'auto' for adaptive.")
+@click.option(
+    "--full-text",
+    type=click.Choice(FULL_TEXT_MODES),
+    help="Fetch each entry's linked page for its full text: on, off, or auto (short entries only).",
+)
+def feeds_set(url: str, interval: str | None, full_text: str | None) -> None:
+    """Override one feed's poll interval or full-text mode."""
+    if interval is None and full_text is None:
+        raise click.UsageError("give --interval, --full-text or both")
+    seconds = parse_interval(interval) if interval is not None else None
     with session_scope(migrated_settings()) as session:
         feed = _find_feed(session, url)
-        feed.interval_override = seconds
-    click.echo(f"{url}: " + (f"polled every {seconds} s from its next poll on" if seconds else "adaptive interval again"))
+        if interval is not None:
+            feed.interval_override = seconds
+        if full_text is not None:
+            feed.full_text = full_text
+    if interval is not None:
+        click.echo(f"{url}: " + (f"polled every {seconds} s from its next poll on" if seconds else "adaptive interval again"))
+    if full_text is not None:
+        click.echo(f"{url}: full text {full_text} for entries cleaned from now on")
 
 
 @feeds.command("pause")

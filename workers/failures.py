@@ -1,0 +1,88 @@
+"""Dead letters for operators: list them, and send them back to their stage.
+
+``requeue_failures`` re-opens failed articles (status back to pending in the
+stage that failed) and re-sends the message of a failed task; stages are
+idempotent, so re-queuing something that meanwhile succeeded changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from celery import Task
+from sqlalchemy import select, update
+
+from schemas.db import session_scope
+from schemas.models import FAILED, PENDING, Article, Failure, Poll, utcnow
+from schemas.payloads import ArticleBatch, PollRef
+from schemas.settings import Settings
+from tasks.fetch import fetch_task
+from tasks.parse import parse_task
+from tasks.store import chunked
+from tasks.websub import websub_subscribe_task
+from workers.scheduler import STAGE_TASKS, dispatch_task, sweep_task
+
+POLL_TASKS: dict[str, Task] = {"fetch": fetch_task, "parse": parse_task}
+PLAIN_TASKS: dict[str, Task] = {"dispatch": dispatch_task, "sweep": sweep_task}
+
+
+@dataclass(frozen=True)
+class FailureFilter:
+    stage: str | None = None
+    feed_id: int | None = None
+    since: datetime | None = None
+
+
+def open_failures(settings: Settings, selection: FailureFilter = FailureFilter()) -> list[Failure]:
+    """Failures not yet re-queued, newest first, narrowed by stage, feed and last_seen."""
+    with session_scope(settings) as session:
+        query = select(Failure).where(Failure.requeued_at.is_(None)).order_by(Failure.last_seen.desc(), Failure.id.desc())
+        if selection.stage:
+            query = query.where(Failure.stage == selection.stage)
+        if selection.since:
+            query = query.where(Failure.last_seen >= selection.since)
+        failures = list(session.scalars(query))
+        if selection.feed_id is not None:
+            failures = [f for f in failures if selection.feed_id in _feeds_of(session, f)]
+        return failures
+
+
+def _feeds_of(session, failure: Failure) -> set[int]:
+    if failure.feed_id is not None:
+        return {failure.feed_id}
+    if failure.article_ids:
+        return set(session.scalars(select(Article.feed_id).where(Article.id.in_(failure.article_ids))))
+    if failure.poll_id is not None:
+        return set(session.scalars(select(Poll.feed_id).where(Poll.id == failure.poll_id)))
+    return set()
+
+
+def requeue_failures(settings: Settings, failure_ids: Sequence[int]) -> int:
+    """Send these failures back to their stage and mark them re-queued; return how many."""
+    sends: list[tuple[Task, tuple]] = []
+    with session_scope(settings) as session:
+        failures = session.scalars(
+            select(Failure).where(Failure.id.in_(list(failure_ids)), Failure.requeued_at.is_(None)).with_for_update()
+        ).all()
+        for failure in failures:
+            failure.requeued_at = utcnow()
+            if failure.article_ids and failure.stage in STAGE_TASKS:
+                session.execute(
+                    update(Article)
+                    .where(Article.id.in_(failure.article_ids), Article.stage == failure.stage, Article.status == FAILED)
+                    .values(status=PENDING, error=None, updated_at=utcnow())
+                )
+                for batch in chunked(failure.article_ids, settings.batch_size):
+                    sends.append((STAGE_TASKS[failure.stage], (ArticleBatch(tuple(batch)).to_message(),)))
+            elif failure.poll_id is not None and failure.stage in POLL_TASKS:
+                sends.append((POLL_TASKS[failure.stage], (PollRef(failure.poll_id).to_message(),)))
+            elif failure.feed_id is not None and failure.stage == "websub":
+                sends.append((websub_subscribe_task, (failure.feed_id,)))
+            elif failure.stage in PLAIN_TASKS:
+                sends.append((PLAIN_TASKS[failure.stage], ()))
+    # After the commit: a worker must find the articles pending when the message arrives.
+    for task, args in sends:
+        task.delay(*args)
+    return len(failures)
