@@ -8,6 +8,7 @@ fails the test instead.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -241,6 +243,37 @@ def redis_url() -> str:
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     return REDIS_URL
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """Each backend in turn, migrated: SQLite with the filesystem broker, PostgreSQL with Redis."""
+    return request.getfixturevalue("sqlite_settings" if request.param == "embedded" else "postgres_settings")
+
+
+def add_feed(settings: Settings, url: str) -> int:
+    """A feed row, as `feedmill feeds add` makes it; returns its id."""
+    from schemas.db import session_scope
+    from schemas.models import Feed
+
+    with session_scope(settings) as session:
+        feed = Feed(url=url)
+        session.add(feed)
+        session.flush()
+        return feed.id
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """The stdout of a command that must have succeeded (its output shown if not)."""
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout
+
+
+def export(settings: Settings) -> list[dict[str, Any]]:
+    """Every stored article as `feedmill export` writes it."""
+    out = settings.home / "export.jsonl"
+    ok(feedmill(settings, "export", "--format", "jsonl", "--output", str(out)))
+    return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 @pytest.fixture

@@ -19,13 +19,17 @@ from sqlalchemy import select
 from schemas.db import session_scope
 from schemas.models import Article, Feed, utcnow
 from schemas.settings import Settings
-from tests import test_pipeline
-from tests.conftest import Publisher, WorkerProcess, feedmill, feedmill_env, rss
+from tests.conftest import (
+    Publisher,
+    WorkerProcess,
+    export,
+    feedmill,
+    feedmill_env,
+    ok,
+    rss,
+)
 from tests.test_classify_model import write_labelled_csv
-from tests.test_pipeline import export, ok
 from workers.cli.reprocess import CONFIRM_ABOVE
-
-settings = test_pipeline.settings  # the fixture running each test embedded and on PostgreSQL with Redis
 
 NEWS = [
     {"title": "Striker scores late goal in cup final", "guid": "n1", "category": "Sport",

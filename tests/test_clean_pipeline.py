@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from schemas.db import session_scope
@@ -18,25 +16,13 @@ from schemas.models import Article, Feed, ParagraphFingerprints
 from schemas.settings import Settings
 from tasks.clean import run_clean
 from tasks.parse import parse_document, store_entries
-from tests.conftest import Publisher, WorkerProcess, feedmill, make_settings, rss
+from tests.conftest import Publisher, WorkerProcess, feedmill, ok, rss
 
 FURNITURE = "Listen to this article. Sign in to save stories for later."
 
 
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "embedded":
-        from schemas.db import migrate
-
-        settings = make_settings(tmp_path)
-        migrate(settings)
-        return settings
-    return request.getfixturevalue("postgres_settings")
 
 
-def ok(result: object) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
 
 
 def _store(settings: Settings, feed_id: int, items: list[dict[str, str]]) -> list[int]:

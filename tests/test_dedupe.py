@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from schemas.db import session_scope
-from schemas.models import PENDING, Article, Feed, MinhashBand, MinhashSignature, utcnow
+from schemas.models import PENDING, Article, MinhashBand, MinhashSignature, utcnow
 from schemas.settings import Settings
 from tasks.clean import run_clean
 from tasks.dedupe import (
@@ -31,7 +31,7 @@ from tasks.dedupe import (
     words,
 )
 from tasks.parse import raw_entries, store_entries
-from tests.conftest import ROOT, make_settings, rss
+from tests.conftest import ROOT, add_feed, make_settings, rss
 
 _rng = random.Random(11)
 _VOCABULARY = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "tu") for b in range(60)]
@@ -151,19 +151,8 @@ def test_short_identical_texts_are_not_duplicates_by_content() -> None:
 # --- the stage on a database ----------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_settings")
-    return request.getfixturevalue("postgres_settings")
 
 
-def add_feed(settings: Settings, url: str) -> int:
-    with session_scope(settings) as session:
-        feed = Feed(url=url)
-        session.add(feed)
-        session.flush()
-        return feed.id
 
 
 def add_article(settings: Settings, feed_id: int, text: str, url: str | None = None, age_days: float = 0) -> int:
@@ -189,70 +178,70 @@ def rows(settings: Settings, *ids: int) -> list[tuple]:
         ]
 
 
-def test_same_url_or_same_text_elsewhere_links_to_the_first_seen(db: Settings) -> None:
-    a, b, c = (add_feed(db, f"https://{n}.example/feed") for n in "abc")
+def test_same_url_or_same_text_elsewhere_links_to_the_first_seen(settings: Settings) -> None:
+    a, b, c = (add_feed(settings, f"https://{n}.example/feed") for n in "abc")
     text = story(150)
-    first = add_article(db, a, text, url="https://news.example/story-1")
-    by_url = add_article(db, b, "A different teaser for the same page, long enough to count as a text.", url="https://news.example/story-1")
-    by_text = add_article(db, c, text.upper(), url="https://other.example/s1")
-    other = add_article(db, c, story(150), url="https://other.example/s2")
-    assert run_dedupe(db, [first, by_url, by_text, other]) == [first, by_url, by_text, other]
-    assert rows(db, first, by_url, by_text, other) == [
+    first = add_article(settings, a, text, url="https://news.example/story-1")
+    by_url = add_article(settings, b, "A different teaser for the same page, long enough to count as a text.", url="https://news.example/story-1")
+    by_text = add_article(settings, c, text.upper(), url="https://other.example/s1")
+    other = add_article(settings, c, story(150), url="https://other.example/s2")
+    assert run_dedupe(settings, [first, by_url, by_text, other]) == [first, by_url, by_text, other]
+    assert rows(settings, first, by_url, by_text, other) == [
         (None, first, None), (first, first, URL), (first, first, TEXT), (None, other, None)
     ]
 
 
-def test_near_duplicates_join_the_cluster_in_later_batches(db: Settings) -> None:
-    a, b, c = (add_feed(db, f"https://{n}.example/feed") for n in "abc")
+def test_near_duplicates_join_the_cluster_in_later_batches(settings: Settings) -> None:
+    a, b, c = (add_feed(settings, f"https://{n}.example/feed") for n in "abc")
     text = story(300)
-    first = add_article(db, a, text)
-    run_dedupe(db, [first])
-    copy = add_article(db, b, edited(text, seed=2))
-    copy_of_copy = add_article(db, c, edited(edited(text, seed=2), seed=3))
-    unrelated = add_article(db, c, story(300))
-    run_dedupe(db, [copy, copy_of_copy, unrelated])
-    assert rows(db, copy, copy_of_copy, unrelated) == [
+    first = add_article(settings, a, text)
+    run_dedupe(settings, [first])
+    copy = add_article(settings, b, edited(text, seed=2))
+    copy_of_copy = add_article(settings, c, edited(edited(text, seed=2), seed=3))
+    unrelated = add_article(settings, c, story(300))
+    run_dedupe(settings, [copy, copy_of_copy, unrelated])
+    assert rows(settings, copy, copy_of_copy, unrelated) == [
         (first, first, NEAR), (first, first, NEAR), (None, unrelated, None)
     ]
-    with session_scope(db) as session:  # the index is in SQL: every worker and host sees it
+    with session_scope(settings) as session:  # the index is in SQL: every worker and host sees it
         assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 4
         assert session.scalar(select(func.count()).select_from(MinhashBand)) == 4 * 42
 
 
-def test_a_new_guid_for_a_recent_entry_of_the_same_feed_is_a_reissue(db: Settings) -> None:
-    feed, other = add_feed(db, "https://a.example/feed"), add_feed(db, "https://b.example/feed")
+def test_a_new_guid_for_a_recent_entry_of_the_same_feed_is_a_reissue(settings: Settings) -> None:
+    feed, other = add_feed(settings, "https://a.example/feed"), add_feed(settings, "https://b.example/feed")
     text, old_text = story(200), story(200)
-    recent = add_article(db, feed, text, age_days=1)
-    old = add_article(db, feed, old_text, age_days=40)
-    run_dedupe(db, [recent, old])
-    reissued = add_article(db, feed, edited(text))
-    evergreen = add_article(db, feed, edited(old_text))
-    elsewhere = add_article(db, other, edited(text, seed=4))
-    run_dedupe(db, [reissued, evergreen, elsewhere])
-    assert rows(db, reissued, evergreen, elsewhere) == [
+    recent = add_article(settings, feed, text, age_days=1)
+    old = add_article(settings, feed, old_text, age_days=40)
+    run_dedupe(settings, [recent, old])
+    reissued = add_article(settings, feed, edited(text))
+    evergreen = add_article(settings, feed, edited(old_text))
+    elsewhere = add_article(settings, other, edited(text, seed=4))
+    run_dedupe(settings, [reissued, evergreen, elsewhere])
+    assert rows(settings, reissued, evergreen, elsewhere) == [
         (recent, recent, REISSUE), (old, old, NEAR), (recent, recent, NEAR)
     ]
 
 
-def test_first_seen_is_the_first_deduped_not_the_lowest_id(db: Settings) -> None:
+def test_first_seen_is_the_first_deduped_not_the_lowest_id(settings: Settings) -> None:
     """Concurrent workers may finish a higher id first; it stays the story's first-seen."""
-    a, b = add_feed(db, "https://a.example/feed"), add_feed(db, "https://b.example/feed")
+    a, b = add_feed(settings, "https://a.example/feed"), add_feed(settings, "https://b.example/feed")
     text = story(200)
-    low, high = add_article(db, a, text), add_article(db, b, edited(text))
-    run_dedupe(db, [high])
-    run_dedupe(db, [low])
-    assert rows(db, high, low) == [(None, high, None), (high, high, NEAR)]
+    low, high = add_article(settings, a, text), add_article(settings, b, edited(text))
+    run_dedupe(settings, [high])
+    run_dedupe(settings, [low])
+    assert rows(settings, high, low) == [(None, high, None), (high, high, NEAR)]
 
 
-def test_redelivered_batch_changes_nothing(db: Settings) -> None:
-    feed = add_feed(db, "https://a.example/feed")
+def test_redelivered_batch_changes_nothing(settings: Settings) -> None:
+    feed = add_feed(settings, "https://a.example/feed")
     text = story(200)
-    ids = [add_article(db, feed, text), add_article(db, feed, edited(text))]
-    assert run_dedupe(db, ids) == ids
-    before = rows(db, *ids)
-    assert run_dedupe(db, ids) == ids  # still handed on to classify, nothing rewritten
-    assert rows(db, *ids) == before
-    with session_scope(db) as session:
+    ids = [add_article(settings, feed, text), add_article(settings, feed, edited(text))]
+    assert run_dedupe(settings, ids) == ids
+    before = rows(settings, *ids)
+    assert run_dedupe(settings, ids) == ids  # still handed on to classify, nothing rewritten
+    assert rows(settings, *ids) == before
+    with session_scope(settings) as session:
         assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2
 
 
@@ -267,24 +256,24 @@ def _parse_and_clean(settings: Settings, feed_id: int, document: str) -> list[in
     return ids
 
 
-def test_revisions_keep_count_and_previous_hash_and_first_seen_stays_first(db: Settings) -> None:
+def test_revisions_keep_count_and_previous_hash_and_first_seen_stays_first(settings: Settings) -> None:
     """Layer 1: a changed entry is the same row, revision + 1, deduped again."""
-    a, b = add_feed(db, "https://a.example/feed"), add_feed(db, "https://b.example/feed")
+    a, b = add_feed(settings, "https://a.example/feed"), add_feed(settings, "https://b.example/feed")
     text = story(200)
     item = {"title": "Story", "guid": "g1", "description": text}
-    (head,) = _parse_and_clean(db, a, rss([item]))
-    run_dedupe(db, [head])
-    (copy,) = _parse_and_clean(db, b, rss([{"title": "Copy", "guid": "c1", "description": edited(text)}]))
-    run_dedupe(db, [copy])
-    assert _parse_and_clean(db, a, rss([item])) == []  # an unchanged repeat stores nothing
+    (head,) = _parse_and_clean(settings, a, rss([item]))
+    run_dedupe(settings, [head])
+    (copy,) = _parse_and_clean(settings, b, rss([{"title": "Copy", "guid": "c1", "description": edited(text)}]))
+    run_dedupe(settings, [copy])
+    assert _parse_and_clean(settings, a, rss([item])) == []  # an unchanged repeat stores nothing
 
     # The first-seen article is corrected: it stays its story's first-seen.
-    assert _parse_and_clean(db, a, rss([{**item, "description": text + " Correction appended."}])) == [head]
-    run_dedupe(db, [head])
+    assert _parse_and_clean(settings, a, rss([{**item, "description": text + " Correction appended."}])) == [head]
+    run_dedupe(settings, [head])
     # The copy is rewritten into another story: it leaves the cluster.
-    assert _parse_and_clean(db, b, rss([{"title": "Copy", "guid": "c1", "description": story(200)}])) == [copy]
-    run_dedupe(db, [copy])
-    with session_scope(db) as session:
+    assert _parse_and_clean(settings, b, rss([{"title": "Copy", "guid": "c1", "description": story(200)}])) == [copy]
+    run_dedupe(settings, [copy])
+    with session_scope(settings) as session:
         first, second = session.get(Article, head), session.get(Article, copy)
         assert (first.revision, first.cluster_id, first.duplicate_of) == (2, head, None)
         assert first.previous_content_hash == content_fingerprint(text) != first.content_hash

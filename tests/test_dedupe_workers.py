@@ -19,21 +19,17 @@ from tests.conftest import (
     ROOT,
     Publisher,
     WorkerProcess,
+    export,
     feedmill,
     make_settings,
+    ok,
     rss,
 )
-from tests.test_pipeline import export, ok
 
 FEEDS, STORIES = 4, 12
 BBC_CORPUS = ROOT.parent / "shared" / "data" / "bbc"
 
 
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "embedded":
-        return make_settings(tmp_path)
-    return request.getfixturevalue("postgres_settings")
 
 
 def wire_story(number: int, outlet: int) -> str:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-import subprocess
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -25,7 +23,7 @@ from schemas.models import Article, Feed, Poll
 from schemas.settings import Settings
 from tasks.clean import clean_entry
 from tasks.parse import NotAFeed, parse_document
-from tests.conftest import Publisher, feedmill, make_settings, rss
+from tests.conftest import Publisher, feedmill, ok, rss
 
 SECRET = "XXE-SECRET-7f3a9c"
 BIG = "<p>" + "word " * 200_000 + "</p>"  # ~1 MB per entry
@@ -96,16 +94,8 @@ def build_corpus(publisher: Publisher, tmp: Path) -> dict[str, str]:
     return feeds
 
 
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "embedded":
-        return make_settings(tmp_path)
-    return request.getfixturevalue("postgres_settings")
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
 
 
 def test_hostile_corpus_ends_in_clean_articles_or_recorded_errors(

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import pytest
 from celery import Celery
 
 from schemas.settings import Settings
@@ -19,8 +17,9 @@ from tests.conftest import (
     EXAMPLES,
     Publisher,
     WorkerProcess,
+    export,
     feedmill,
-    make_settings,
+    ok,
     rss,
 )
 
@@ -30,22 +29,8 @@ SEED_TITLES = {
 }
 
 
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "embedded":
-        return make_settings(tmp_path)
-    return request.getfixturevalue("postgres_settings")
 
 
-def ok(result: object) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
-
-
-def export(settings: Settings) -> list[dict]:
-    out = settings.home / "export.jsonl"
-    ok(feedmill(settings, "export", "--format", "jsonl", "--output", str(out)))
-    return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 def test_run_once_stores_seed_articles_once_cleaned(settings: Settings, publisher: Publisher) -> None:

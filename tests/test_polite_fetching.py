@@ -23,6 +23,7 @@ from tasks.politeness import claim_host_slot, release_host_slot
 from tests.conftest import (
     Publisher,
     WorkerProcess,
+    add_feed,
     feedmill,
     make_settings,
     rss,
@@ -33,19 +34,8 @@ from workers.scheduler import claim_feeds, enqueue_fetches
 FEED = rss([{"title": "One", "guid": "1", "description": "Body of one."}, {"title": "Two", "guid": "2", "description": "Body two."}])
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_settings")
-    return request.getfixturevalue("postgres_settings")
 
 
-def add_feed(settings: Settings, url: str) -> int:
-    with session_scope(settings) as session:
-        feed = Feed(url=url)
-        session.add(feed)
-        session.flush()
-        return feed.id
 
 
 def poll_once(settings: Settings, feed_id: int) -> Poll:

@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
@@ -26,26 +25,10 @@ from tests.conftest import (
     WorkerProcess,
     feedmill,
     feedmill_env,
-    make_settings,
+    ok,
     rss,
     use_broker,
 )
-
-
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "embedded":
-        from schemas.db import migrate
-
-        settings = make_settings(tmp_path)
-        migrate(settings)
-        return settings
-    return request.getfixturevalue("postgres_settings")
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
 
 
 def test_transient_and_permanent_errors_are_told_apart() -> None:

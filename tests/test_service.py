@@ -15,14 +15,14 @@ from schemas.db import session_scope
 from schemas.models import FAILED, PENDING, Article, Feed
 from schemas.settings import Settings
 from tasks.store import run_article_stage
-from tests.conftest import EXAMPLES, Publisher, feedmill, feedmill_env, make_settings
-
-
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
-    if request.param == "embedded":
-        return make_settings(tmp_path)
-    return request.getfixturevalue("postgres_settings")
+from tests.conftest import (
+    EXAMPLES,
+    Publisher,
+    add_feed,
+    feedmill,
+    feedmill_env,
+    use_broker,
+)
 
 
 def test_run_service_polls_processes_and_stops_on_sigterm(settings: Settings, publisher: Publisher) -> None:
@@ -76,3 +76,30 @@ def test_one_failing_article_never_takes_down_its_batch(sqlite_settings: Setting
         assert rows["b"].error == "clean: ValueError: bad input in b"
     # Repeated: nothing left in this stage to do, the same ids are handed on again.
     assert run_article_stage(sqlite_settings, "clean", ids, explode_on_b) == [ids[0], ids[2]]
+
+
+def test_run_once_resends_work_whose_messages_were_lost(
+    sqlite_settings: Settings, publisher: Publisher, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from workers import service
+
+    monkeypatch.setattr(service, "STALL_SECONDS", 2.0)
+    use_broker(sqlite_settings)
+    add_feed(sqlite_settings, publisher.add("/seed.xml", (EXAMPLES / "seed-news.xml").read_bytes()))
+    outcome: list[object] = []
+    runner = threading.Thread(target=lambda: outcome.append(service.run_once(sqlite_settings, timeout=90, workers=None)))
+    runner.start()
+    queue_folder = sqlite_settings.broker_folder / "queue"
+    deadline = time.monotonic() + 10
+    while not any(queue_folder.iterdir()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for message in queue_folder.iterdir():  # the broker loses the round's fetch message
+        message.unlink()
+    start_worker(sqlite_settings, concurrency=1)
+    runner.join(90)
+    summary = outcome[0]
+    assert summary.articles_new == 2 and summary.articles_done == 2
+    assert publisher.hits("/seed.xml") == 1

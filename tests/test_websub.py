@@ -25,7 +25,6 @@ from tests.conftest import (
     feedmill,
     feedmill_env,
     free_port,
-    make_settings,
     use_broker,
 )
 
@@ -90,11 +89,6 @@ def hub() -> Hub:
     server.close()
 
 
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
-    if request.param == "embedded":
-        return make_settings(tmp_path)
-    return request.getfixturevalue("postgres_settings")
 
 
 def test_subscribe_verify_and_push(

@@ -20,12 +20,23 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from schemas.db import session_scope
-from schemas.models import FAILED, PENDING, POLL_FINISHED, Article, Feed, Poll
+from schemas.models import (
+    FAILED,
+    PENDING,
+    POLL_FINISHED,
+    POLL_QUEUED,
+    Article,
+    Feed,
+    Poll,
+)
 from schemas.settings import Settings
+from tasks.store import chunked
 from workers.celery_app import QUEUES
 from workers.scheduler import claim_feeds, enqueue_fetches, requeue_unfinished
 
 WORKER_STOP_GRACE = 30.0
+#: ``run --once`` re-sends unfinished work when nothing has moved for this long.
+STALL_SECONDS = 60.0
 
 
 def celery_command(*args: str) -> list[str]:
@@ -140,11 +151,19 @@ def run_once(
         active = session.scalar(select(func.count()).select_from(Feed).where(Feed.status == "active")) or 0
     summary.skipped_feeds = active - len(poll_ids)
     enqueue_fetches(poll_ids)
+    last_change, last_seen = time.monotonic(), None
     while True:
         progress = _progress(settings, poll_ids)
         on_progress(progress)
         if progress.polls_finished == progress.polls_total and progress.articles_pending == 0:
             break
+        if progress != last_seen:
+            last_change, last_seen = time.monotonic(), progress
+        elif time.monotonic() - last_change > STALL_SECONDS:
+            # Nothing moved for a while: a message may have been lost (a worker killed after
+            # taking it). The database knows what is unfinished; send it again (idempotent).
+            _resend_stalled(settings, poll_ids)
+            last_change = time.monotonic()
         if workers is not None and workers.poll() is not None:
             raise WorkersDied(f"worker processes exited with code {workers.returncode}")
         if time.monotonic() - started > timeout:
@@ -156,6 +175,13 @@ def run_once(
     _summarize(settings, poll_ids, summary)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _resend_stalled(settings: Settings, poll_ids: list[int]) -> None:
+    requeue_unfinished(settings, older_than=STALL_SECONDS)
+    with session_scope(settings) as session:
+        for chunk in chunked(poll_ids, 5000):
+            enqueue_fetches(list(session.scalars(select(Poll.id).where(Poll.id.in_(chunk), Poll.status == POLL_QUEUED))))
 
 
 def _progress(settings: Settings, poll_ids: list[int]) -> Progress:
