@@ -9,4 +9,6 @@ RUN useradd --create-home feedmill
 USER feedmill
 WORKDIR /home/feedmill
 ENV FEEDMILL_HOME=/home/feedmill/var
+# web (WebSub, /metrics), flower, worker metrics (FEEDMILL_METRICS_PORT)
+EXPOSE 8080 5555 9100
 CMD ["feedmill", "run"]

@@ -53,10 +53,17 @@ def add_articles(settings: Settings, feed_id: int, articles: Sequence[tuple[str,
 
 def dedupe_all(settings: Settings, ids: Sequence[int], batch_size: int = 200) -> float:
     """Run the real dedupe stage over ``ids`` in batches; return the seconds it took."""
-    started = time.perf_counter()
+    return sum(dedupe_timed(settings, ids, batch_size))
+
+
+def dedupe_timed(settings: Settings, ids: Sequence[int], batch_size: int = 200) -> list[float]:
+    """Run the real dedupe stage over ``ids`` in batches; return each batch's seconds."""
+    seconds = []
     for batch in chunked(list(ids), batch_size):
+        started = time.perf_counter()
         run_dedupe(settings, batch)
-    return time.perf_counter() - started
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def analyze(settings: Settings) -> None:

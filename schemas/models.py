@@ -280,6 +280,8 @@ class MinhashBand(Base):
     """The LSH index shared by every worker: one row per band key of a signature."""
 
     __tablename__ = "minhash_bands"
+    #: On SQLite one clustered B-tree, not a rowid table plus its key index (migration 0007).
+    __table_args__ = {"sqlite_with_rowid": False}
 
     band_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     article_id: Mapped[int] = mapped_column(

@@ -80,6 +80,15 @@ class Settings:
     sweep_every: float = 300.0
     #: FEEDMILL_STUCK_AFTER: seconds after which pending work with no progress is re-enqueued.
     stuck_after: float = 600.0
+    #: FEEDMILL_METRICS_PORT: port on which `feedmill worker` serves Prometheus metrics (0: none).
+    metrics_port: int = 0
+    #: FEEDMILL_LOG_FORMAT: text | json: how workers and the scheduler write log lines.
+    log_format: str = "text"
+    #: FEEDMILL_MAX_RETRIES: retries of a task failing transiently before it becomes a dead letter.
+    max_retries: int = 8
+    #: FEEDMILL_WORKER_MAX_MEMORY_KB: a worker pool process is replaced after a task leaves it
+    #: above this resident memory (KiB); 0 for no limit.
+    worker_max_memory_kb: int = 0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -112,6 +121,10 @@ class Settings:
             full_text_min_chars=int(env("FEEDMILL_FULL_TEXT_MIN_CHARS") or cls.full_text_min_chars),
             sweep_every=float(env("FEEDMILL_SWEEP_EVERY") or cls.sweep_every),
             stuck_after=float(env("FEEDMILL_STUCK_AFTER") or cls.stuck_after),
+            metrics_port=int(env("FEEDMILL_METRICS_PORT") or cls.metrics_port),
+            log_format=(env("FEEDMILL_LOG_FORMAT") or cls.log_format).strip().lower(),
+            max_retries=int(env("FEEDMILL_MAX_RETRIES") or cls.max_retries),
+            worker_max_memory_kb=int(env("FEEDMILL_WORKER_MAX_MEMORY_KB") or cls.worker_max_memory_kb),
         )
 
     @property

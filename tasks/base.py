@@ -1,4 +1,5 @@
-"""The Celery task base every stage uses: retries, time limits, late acks, dead letters.
+"""The Celery task base every stage uses: retries, time limits, late acks, dead letters,
+and what operators see of each task (metrics and the ids its log lines carry).
 
 Transient failures (the database or broker briefly away, a timeout; see
 ``tasks.failures.is_transient``) retry the whole message with exponential
@@ -10,13 +11,32 @@ A bad article never raises here: stages record it instead.
 
 from __future__ import annotations
 
+import time
+from contextvars import ContextVar
 from typing import Any
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from schemas.settings import current_settings
-from tasks.failures import is_transient, record_task_failure
+from tasks import metrics
+from tasks.failures import is_transient, record_task_failure, stage_of
+
+#: The running task's ids (task_id, task_name, and poll_id, feed_id or article_ids
+#: from its message), for the log filter in workers/logs.py; empty between tasks.
+TASK_CONTEXT: ContextVar[dict[str, Any]] = ContextVar("feedmill_task_context", default={})
+#: Message fields worth putting on every log line of a task.
+CONTEXT_FIELDS = ("poll_id", "feed_id", "article_ids")
+
+
+def message_ids(args: tuple[Any, ...]) -> dict[str, Any]:
+    """The ids a task message carries: a dict with some of CONTEXT_FIELDS, or a bare feed id."""
+    message = args[0] if args else None
+    if isinstance(message, dict):
+        return {key: message[key] for key in CONTEXT_FIELDS if key in message}
+    if isinstance(message, int):
+        return {"feed_id": message}
+    return {}
 
 
 class StageTask(Task):
@@ -27,6 +47,11 @@ class StageTask(Task):
     time_limit = 300
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.request.called_directly:
+            # Reset in after_return, which Celery calls after its own success or failure line,
+            # so that line carries the ids too.
+            TASK_CONTEXT.set({"task_id": self.request.id, "task_name": self.name, **message_ids(args),
+                              "started": time.monotonic()})
         try:
             return super().__call__(*args, **kwargs)
         except Exception as exc:
@@ -39,4 +64,11 @@ class StageTask(Task):
             raise self.retry(exc=exc, countdown=countdown) from exc
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        record_task_failure(current_settings(), self.name, args, exc, str(einfo))
+        # The first try plus its retries.
+        record_task_failure(current_settings(), self.name, args, exc, str(einfo), attempts=self.request.retries + 1)
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        started = TASK_CONTEXT.get().get("started")
+        if started is not None:
+            metrics.observe_task(stage_of(self.name), status.lower(), time.monotonic() - started)
+        TASK_CONTEXT.set({})

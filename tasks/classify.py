@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
@@ -34,12 +34,13 @@ from typing import Any, NamedTuple
 import ahocorasick
 from celery import shared_task
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
-from schemas.models import Article
+from schemas.models import PENDING, Article
 from schemas.payloads import ArticleBatch, Classification, TopicEvidence
-from schemas.settings import current_settings
+from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
 from tasks.classify_model import TopicModel, active_model
 from tasks.rules import CompiledRule, RuleOutcome, apply_rules, load_rules
@@ -350,10 +351,21 @@ def apply_article_rules(setup: ClassifySetup, article: Article) -> RuleOutcome:
     return apply_rules(setup.rules, article.feed_id, rule_fields(article), article.raw_tags or ())
 
 
-def apply_classify(_session: Session, article: Article, setup: ClassifySetup) -> None:
-    """Label one stored article from its clean title and text, and apply the rules."""
+def apply_classify(
+    _session: Session,
+    article: Article,
+    setup: ClassifySetup,
+    labelled: dict[int, tuple[str, str, Classification]] | None = None,
+) -> None:
+    """Label one stored article from its clean title and text, and apply the rules.
+
+    ``labelled`` holds labels computed ahead (by id, with the title and text they were
+    computed from); one is used only if the article still has that title and text.
+    """
     outcome = apply_article_rules(setup, article)
-    result = classify_article(article.title or "", article.text or "", setup.model)
+    title, text = article.title or "", article.text or ""
+    ahead = (labelled or {}).get(article.id)
+    result = ahead[2] if ahead and ahead[:2] == (title, text) else classify_article(title, text, setup.model)
     article.language = result.language
     article.topics = [[label, score] for label, score in result.topics]
     article.places = list(result.places)
@@ -392,10 +404,26 @@ def explain_article(setup: ClassifySetup, article: Article) -> dict[str, Any]:
     }
 
 
-@shared_task(base=StageTask, name="feedmill.classify")
-def classify_task(message: dict) -> None:
-    batch = ArticleBatch.from_message(message)
-    settings = current_settings()
+def run_classify(settings: Settings, article_ids: Sequence[int]) -> None:
+    """Classify a batch. The labels are computed between two transactions, not inside the
+    writing one: on SQLite every transaction holds the one write lock, and other workers
+    would wait on it while this one runs the language model and the automatons."""
     with session_scope(settings) as session:
         setup = load_setup(session)
-    run_article_stage(settings, "classify", batch.article_ids, partial(apply_classify, setup=setup))
+        rows = session.execute(
+            select(Article.id, Article.title, Article.text)
+            .where(Article.id.in_(article_ids), Article.stage == "classify", Article.status == PENDING)
+        ).all()
+    labelled = {}
+    for article_id, title, text in rows:
+        title, text = title or "", text or ""
+        try:
+            labelled[article_id] = (title, text, classify_article(title, text, setup.model))
+        except Exception:  # labelled again, and its error recorded, by the stage
+            continue
+    run_article_stage(settings, "classify", article_ids, partial(apply_classify, setup=setup, labelled=labelled))
+
+
+@shared_task(base=StageTask, name="feedmill.classify")
+def classify_task(message: dict) -> None:
+    run_classify(current_settings(), ArticleBatch.from_message(message).article_ids)

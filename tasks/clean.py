@@ -885,8 +885,12 @@ class CleanStep(NamedTuple):
 def plan_pages(
     settings: Settings, article_ids: Sequence[int]
 ) -> tuple[list[tuple[int, str]], dict[int, tuple[str, Draft]]]:
-    """(article id, link) of the batch's pending articles whose linked page is wanted,
-    and the drafts made to decide it (by id, with the raw_hash they were made from)."""
+    """(article id, link) of the batch's pending articles whose linked page is wanted, and
+    every pending article's draft (by id, with the raw_hash it was made from).
+
+    The drafts are made after the read transaction ends: on SQLite every transaction holds
+    the one write lock, which other workers would otherwise wait on while this one parses HTML.
+    """
     with session_scope(settings) as session:
         rows = session.execute(
             select(Article, Feed.full_text)
@@ -894,20 +898,20 @@ def plan_pages(
             .where(Article.id.in_(article_ids), Article.stage == "clean", Article.status == PENDING)
             .order_by(Article.id)
         ).all()
-        wanted = []
-        drafts = {}
-        for article, feed_mode in rows:
-            mode = feed_mode or settings.full_text
-            if mode == "off" or not article.link:
-                continue
-            try:
-                draft = draft_entry(raw_entry(article))
-            except Exception:  # the stage itself records this article's error
-                continue
-            drafts[article.id] = (article.raw_hash, draft)
-            if wants_page(mode, body_chars(draft), article.link, settings.full_text_min_chars):
-                wanted.append((article.id, article.link))
-        return wanted, drafts
+    wanted = []
+    drafts = {}
+    for article, feed_mode in rows:
+        try:
+            draft = draft_entry(raw_entry(article))
+        except Exception:  # the stage itself records this article's error
+            continue
+        drafts[article.id] = (article.raw_hash, draft)
+        mode = feed_mode or settings.full_text
+        if mode == "off" or not article.link:
+            continue
+        if wants_page(mode, body_chars(draft), article.link, settings.full_text_min_chars):
+            wanted.append((article.id, article.link))
+    return wanted, drafts
 
 
 def run_clean(settings: Settings, article_ids: Sequence[int], deferrals: int = 0) -> CleanStep:

@@ -67,8 +67,9 @@ def record_failure(
     article_ids: Sequence[int] | None = None,
     poll_id: int | None = None,
     feed_id: int | None = None,
+    attempts: int = 1,
 ) -> Failure:
-    """Add a dead letter, or bump the open one for the same stage and subject."""
+    """Add a dead letter, or bump the open one for the same stage and subject by ``attempts``."""
     stage = stage_of(task)
     now = utcnow()
     failure = session.scalar(
@@ -80,7 +81,7 @@ def record_failure(
             article_ids=list(article_ids) if article_ids is not None else None, poll_id=poll_id, feed_id=feed_id,
         )
         session.add(failure)
-    failure.attempts += 1
+    failure.attempts += attempts
     failure.last_seen = now
     failure.error = error[:TEXT_LIMIT]
     failure.traceback = traceback[-TRACEBACK_LIMIT:] if traceback else None
@@ -88,9 +89,10 @@ def record_failure(
 
 
 def record_task_failure(
-    settings: Settings, task: str, args: Sequence[Any], exc: BaseException, traceback: str | None
+    settings: Settings, task: str, args: Sequence[Any], exc: BaseException, traceback: str | None,
+    attempts: int = 1,
 ) -> None:
-    """Record a task message that failed for good; its arguments say what to re-queue."""
+    """Record a task message that failed for good (after ``attempts`` tries); its arguments say what to re-queue."""
     try:
         subject, fields = _subject(task, args)
     except (TypeError, ValueError):  # a malformed message: keep it as it came
@@ -98,7 +100,9 @@ def record_task_failure(
     error = f"{type(exc).__name__}: {exc}"
     try:
         with session_scope(settings) as session:
-            record_failure(session, task, subject[:TEXT_LIMIT], error, traceback=traceback, **fields)
+            record_failure(
+                session, task, subject[:TEXT_LIMIT], error, traceback=traceback, attempts=attempts, **fields
+            )
     except Exception:  # the database itself may be what failed; the log keeps the record then
         log.exception("could not record the failure of %s (%s): %s", task, subject, error)
 

@@ -33,6 +33,7 @@ from schemas.models import (
 )
 from schemas.payloads import FetchResult, PollRef
 from schemas.settings import Settings, current_settings
+from tasks import metrics
 from tasks.base import StageTask
 from tasks.http import safe_get
 from tasks.parse import parse_task
@@ -128,6 +129,7 @@ def record_fetch(
         return poll is not None and poll.status == POLL_FETCHED
     feed = session.get(Feed, poll.feed_id, with_for_update=True)
     assert feed is not None
+    metrics.count_fetch(result.status_code)
     now = utcnow()
     poll.status_code = result.status_code
     poll.final_url = result.final_url

@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +79,7 @@ def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
 
     The identity is the GUID; when an entry has none, or the document repeats
     it across items, the link; failing that too, a hash of title and date.
+    (A GUID reused across documents is caught when storing: ``reuses_guid``.)
     """
     guid_counts = Counter(e.get("id") for e in entries if e.get("id"))
     link_counts = Counter(e.get("link") for e in entries if e.get("link"))
@@ -94,10 +96,8 @@ def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
             summary_html = None  # feedparser copies content into summary when there is none
         if guid and guid_counts[guid] == 1:
             key = f"guid:{guid}"
-        elif link and link_counts[link] == 1:
-            key = f"link:{link}"
         else:
-            key = "hash:" + _digest([title, published and published.isoformat(), link])
+            key = fallback_key(link, title, published, unique_link=link_counts[link] == 1)
         if key in seen_keys:
             continue  # the same item twice in one document
         seen_keys.add(key)
@@ -120,6 +120,45 @@ def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
             )
         )
     return tuple(result)
+
+
+def fallback_key(link: str | None, title: str | None, published: datetime | None, *, unique_link: bool = True) -> str:
+    """An entry's identity when its GUID cannot be trusted: its link, else title and date."""
+    if link and unique_link:
+        return f"link:{link}"
+    return "hash:" + _digest([title, published and published.isoformat(), link])
+
+
+def reuses_guid(stored_link: str | None, stored_title: str | None, entry: RawEntry) -> bool:
+    """Whether ``entry`` is another item under the GUID of a stored one, not its revision.
+
+    Some feeds give every item the same GUID, one item per document, so the
+    repeat only shows across polls. A revision may change its link or its
+    title; an entry that changes both is a different item.
+    """
+    return bool(
+        entry.link and stored_link and entry.link != stored_link
+        and entry.title and stored_title and entry.title != stored_title
+    )
+
+
+def _rekey_reused_guids(session: Session, feed_id: int, entries: Sequence[RawEntry]) -> list[RawEntry]:
+    """Give entries that reuse a stored entry's GUID for another item their fallback identity."""
+    guid_keys = [e.entry_key for e in entries if e.entry_key.startswith("guid:")]
+    stored = {
+        key: (link, title)
+        for key, link, title in session.execute(
+            select(Article.entry_key, Article.link, Article.raw_title).where(
+                Article.feed_id == feed_id, Article.entry_key.in_(guid_keys)
+            )
+        )
+    } if guid_keys else {}
+    result: dict[str, RawEntry] = {}
+    for entry in entries:
+        if entry.entry_key in stored and reuses_guid(*stored[entry.entry_key], entry):
+            entry = replace(entry, entry_key=fallback_key(entry.link, entry.title, entry.published_at))
+        result.setdefault(entry.entry_key, entry)
+    return list(result.values())
 
 
 def _entry_tags(entry: Any) -> tuple[str, ...]:
@@ -149,6 +188,7 @@ def store_entries(
     """Insert new entries, update changed ones; return (new ids, changed ids)."""
     if not entries:
         return [], []
+    entries = _rekey_reused_guids(session, feed_id, entries)
     now = utcnow()
     rows = [
         {
@@ -173,11 +213,12 @@ def store_entries(
         for e in entries
     ]
     insert = insert_for(session, Article.__table__)
+    # Rows as executemany parameters, not one VALUES list: the statement compiles once per
+    # process instead of once per poll, and SQLAlchemy still sends few multi-row INSERTs.
     new_ids = list(
         session.scalars(
-            insert.values(rows)
-            .on_conflict_do_nothing(index_elements=["feed_id", "entry_key"])
-            .returning(Article.id)
+            insert.on_conflict_do_nothing(index_elements=["feed_id", "entry_key"]).returning(Article.id),
+            rows,
         )
     )
     by_key = {e.entry_key: e for e in entries}

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from schemas.db import session_scope
 from schemas.models import FAILED, OK, PENDING, STAGES, Article, Feed, utcnow
 from schemas.settings import Settings
+from tasks import metrics
 from tasks.failures import record_failure
 from tasks.schedule import (
     MIN_ENTRIES_FOR_RATE,
@@ -68,14 +69,13 @@ def run_article_stage(
         ).all()
         if prepare is not None and articles:
             prepare(session, articles)
-        for article in articles:
+        # Usually all at once; if anything failed, nothing was written and each article goes on its own.
+        one_by_one = [] if _apply_all(session, articles, apply, following) else articles
+        for article in one_by_one:
             try:
                 with session.begin_nested():
                     apply(session, article)
-                    article.stage = following
-                    article.status = OK if following == "done" else PENDING
-                    article.error = None
-                    article.updated_at = utcnow()
+                    _advance(article, following)
             except Exception as exc:  # one bad article never takes down its batch
                 log.warning("%s failed for article %s: %s", stage, article.id, exc)
                 session.refresh(article)
@@ -86,6 +86,7 @@ def run_article_stage(
                     session, f"feedmill.{stage}", f"article {article.id}", article.error,
                     traceback="".join(traceback.format_exception(exc)), article_ids=[article.id],
                 )
+        metrics.count_articles(stage, total=len(articles), failed=sum(a.status == FAILED for a in articles))
         if following == "done":
             return []
         return list(
@@ -99,6 +100,30 @@ def run_article_stage(
                 .order_by(Article.id)
             )
         )
+
+
+def _apply_all(session: Session, articles: Sequence[Article], apply: ApplyStage, following: str) -> bool:
+    """Apply the stage to the whole batch under one savepoint and write it in one flush.
+
+    One savepoint and one flush per article cost more than most stages' work, so this is
+    the usual path. False, with nothing written, when any article raised or the flush
+    failed: the caller then gives each article a savepoint of its own.
+    """
+    try:
+        with session.begin_nested(), session.no_autoflush:
+            for article in articles:
+                apply(session, article)
+                _advance(article, following)
+    except Exception:
+        return False
+    return True
+
+
+def _advance(article: Article, following: str) -> None:
+    article.stage = following
+    article.status = OK if following == "done" else PENDING
+    article.error = None
+    article.updated_at = utcnow()
 
 
 def _error_text(stage: str, exc: BaseException) -> str:

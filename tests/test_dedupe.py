@@ -30,7 +30,7 @@ from tasks.dedupe import (
     shingle_sizes,
     words,
 )
-from tasks.parse import raw_entries, store_entries
+from tasks.parse import parse_document, raw_entries, reuses_guid, store_entries
 from tests.conftest import ROOT, add_feed, make_settings, rss
 
 _rng = random.Random(11)
@@ -288,6 +288,35 @@ def test_a_feed_repeating_one_guid_keeps_its_items_apart(sqlite_settings: Settin
         {"id": "same", "link": "https://e.org/b", "title": "B"},
     ])
     assert [e.entry_key for e in entries] == ["link:https://e.org/a", "link:https://e.org/b"]
+
+
+def test_a_feed_reusing_one_guid_across_polls_keeps_its_items_apart(sqlite_settings: Settings) -> None:
+    """Layer 1: one item per document, always the same GUID: each poll's item is its own article,
+    its repeat stores nothing, and a revision (one of link or title changed) stays one row."""
+    feed = add_feed(sqlite_settings, "https://a.example/feed")
+
+    def poll(title: str, link: str) -> tuple[list[int], list[int]]:
+        document = rss([{"title": title, "guid": "always-the-same", "link": link, "description": f"The text of {link}."}])
+        entries = parse_document(document.encode(), None, None).entries
+        with session_scope(sqlite_settings) as session:
+            return store_entries(session, feed, None, entries)
+
+    (first,), _ = poll("Monday's story", "https://a.example/monday")
+    (second,), _ = poll("Tuesday's story", "https://a.example/tuesday")
+    assert second != first
+    assert poll("Tuesday's story", "https://a.example/tuesday") == ([], [])
+    assert poll("Monday's story, corrected", "https://a.example/monday") == ([], [first])
+    with session_scope(sqlite_settings) as session:
+        keys = {row.id: row.entry_key for row in session.execute(select(Article.id, Article.entry_key))}
+    assert keys == {first: "guid:always-the-same", second: "link:https://a.example/tuesday"}
+
+
+def test_reuses_guid_needs_both_link_and_title_changed() -> None:
+    entry = raw_entries([{"id": "g", "link": "https://e.org/b", "title": "B"}])[0]
+    assert reuses_guid("https://e.org/a", "A", entry)
+    assert not reuses_guid("https://e.org/b", "A", entry)  # a new headline: a revision
+    assert not reuses_guid("https://e.org/a", "B", entry)  # a new link: a revision
+    assert not reuses_guid(None, "A", entry)
 
 
 def test_settings_tune_the_threshold(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -42,18 +42,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "worker_prefetch_multiplier": 1,
         "worker_max_tasks_per_child": 1000,
+        # FEEDMILL_MAX_RETRIES overrides StageTask.max_retries on every feedmill task.
+        "task_annotations": {name: {"max_retries": settings.max_retries} for name in TASK_QUEUES},
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_queues": [Queue(name) for name in QUEUES],
         "task_default_queue": "fetch",
         "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        # A dispatch or sweep not started within its interval (10 s at least) is dropped: the next
+        # one is on its way, and a backlog of sweeps (workers down for a while) would each re-send
+        # all stuck work at once.
         "beat_schedule": {
-            "dispatch-due-feeds": {"task": "feedmill.dispatch", "schedule": settings.dispatch_every},
-            "sweep-stuck-work": {"task": "feedmill.sweep", "schedule": settings.sweep_every},
+            "dispatch-due-feeds": {"task": "feedmill.dispatch", "schedule": settings.dispatch_every,
+                                   "options": {"expires": max(settings.dispatch_every, 10.0)}},
+            "sweep-stuck-work": {"task": "feedmill.sweep", "schedule": settings.sweep_every,
+                                 "options": {"expires": max(settings.sweep_every, 10.0)}},
         },
         "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
         "timezone": "UTC",
     }
+    if settings.worker_max_memory_kb > 0:
+        config["worker_max_memory_per_child"] = settings.worker_max_memory_kb
     if settings.embedded_broker:
         folder = settings.broker_folder
         for sub in ("queue", "control"):
@@ -91,3 +100,7 @@ app = create_app(current_settings())
 # The default app too, not only the current one (which is per thread): tasks enqueued from
 # other threads, such as the web endpoint's, must reach this broker and no other.
 app.set_default()
+
+# Last, as they import this module's names: Celery signal handlers that give every worker and
+# scheduler process task ids on its log lines (and JSON logs), and a worker its metrics endpoint.
+from workers import logs, metrics  # noqa: E402, F401

@@ -86,3 +86,13 @@ def requeue_failures(settings: Settings, failure_ids: Sequence[int]) -> int:
     for task, args in sends:
         task.delay(*args)
     return len(failures)
+
+
+def close_article_failures(settings: Settings, article_ids: Sequence[int]) -> int:
+    """Mark the open failures of these articles re-queued (they were sent back some other way)."""
+    with session_scope(settings) as session:
+        return session.execute(
+            update(Failure)
+            .where(Failure.requeued_at.is_(None), Failure.subject.in_([f"article {i}" for i in article_ids]))
+            .values(requeued_at=utcnow())
+        ).rowcount

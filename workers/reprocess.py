@@ -33,9 +33,13 @@ class Selection:
     feed_id: int | None = None
     #: Only articles stored at or after this time.
     since: datetime | None = None
+    #: Only these articles (``feedmill requeue article``).
+    article_ids: tuple[int, ...] | None = None
 
     def conditions(self) -> list:
         conditions = [Article.stage.in_(STAGES[STAGES.index(self.stage):])]
+        if self.article_ids is not None:
+            conditions.append(Article.id.in_(self.article_ids))
         if self.feed_id is not None:
             conditions.append(Article.feed_id == self.feed_id)
         if self.since is not None:

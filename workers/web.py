@@ -1,10 +1,12 @@
-"""The small HTTP endpoint feedmill exposes: WebSub callbacks and a health check.
+"""The small HTTP endpoint feedmill exposes: WebSub callbacks, metrics and a health check.
 
 A plain WSGI application, so it runs under any WSGI server; ``feedmill web``
 serves it with the standard library's threaded server.
 
 - ``GET /websub/<feed id>``: a hub verifying our subscription intent;
 - ``POST /websub/<feed id>``: a hub pushing new content (signed);
+- ``GET /metrics``: Prometheus gauges of the whole pipeline, read from the
+  database and broker at each scrape (``workers/metrics.py``);
 - ``GET /healthz``: 200 when the process is up.
 """
 
@@ -19,16 +21,21 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from schemas.settings import Settings
 from tasks.websub import accept_push, verify_intent
+from workers.metrics import metrics_app
 
 _CALLBACK = re.compile(r"^/websub/(\d+)$")
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 def make_app(settings: Settings) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    metrics = metrics_app(settings)
+
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path == "/healthz":
             return _reply(start_response, "200 OK", b"ok\n")
+        if path == "/metrics":
+            return metrics(environ, start_response)
         match = _CALLBACK.match(path)
         if match is None:
             return _reply(start_response, "404 Not Found", b"not found\n")

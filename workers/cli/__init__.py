@@ -20,7 +20,9 @@ from workers.cli import (
     feeds,
     processes,
     reprocess,
+    requeue,
     rules,
+    status,
 )
 
 
@@ -42,7 +44,9 @@ cli.add_command(rules.rules)
 cli.add_command(reprocess.reprocess)
 cli.add_command(clusters.clusters)
 cli.add_command(failures.failures)
-cli.add_command(failures.requeue)
+cli.add_command(requeue.requeue)
+cli.add_command(status.status)
+cli.add_command(status.healthcheck)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``feedmill failures list|show|purge`` and ``feedmill requeue failed``: the dead letters.
+"""``feedmill failures list|show|purge``: the dead letters (``feedmill requeue failed`` retries them).
 
 Every command says what it will do, asks before changing anything in bulk
 (unless --yes) and reports what it did.
@@ -17,7 +17,7 @@ from schemas.db import session_scope
 from schemas.models import Failure, Feed
 from workers.cli.common import iso, migrated_settings
 from workers.cli.reprocess import Since
-from workers.failures import FailureFilter, open_failures, requeue_failures
+from workers.failures import FailureFilter, open_failures
 
 STAGES = ("dispatch", "sweep", "fetch", "parse", "websub", "clean", "dedupe", "classify")
 
@@ -34,7 +34,7 @@ def _as_dict(failure: Failure, *, traceback: bool = False) -> dict[str, Any]:
     return row
 
 
-def _selection(stage: str | None, feed_url: str | None, since: datetime | None) -> FailureFilter:
+def selection(stage: str | None, feed_url: str | None, since: datetime | None) -> FailureFilter:
     feed_id = None
     if feed_url is not None:
         with session_scope(migrated_settings()) as session:
@@ -67,7 +67,7 @@ def failures() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array for scripts.")
 def list_command(stage: str | None, feed_url: str | None, since: datetime | None, as_json: bool) -> None:
     """Open failures (not yet re-queued), newest first."""
-    rows = open_failures(migrated_settings(), _selection(stage, feed_url, since))
+    rows = open_failures(migrated_settings(), selection(stage, feed_url, since))
     if as_json:
         click.echo(json.dumps([_as_dict(f) for f in rows], indent=2))
         return
@@ -118,26 +118,3 @@ def purge_command(everything: bool, dry_run: bool, yes: bool) -> None:
         deleted = session.execute(delete(Failure).where(condition)).rowcount
     click.echo(f"deleted {deleted} {kind}")
 
-
-@click.group()
-def requeue() -> None:
-    """Send work back to its stage."""
-
-
-@requeue.command("failed")
-@with_filters
-@click.option("--dry-run", is_flag=True, help="Only say what would be re-queued.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask first.")
-def requeue_failed(stage: str | None, feed_url: str | None, since: datetime | None, dry_run: bool, yes: bool) -> None:
-    """Re-queue open failures: failed articles go back to pending in their stage, failed messages are sent again."""
-    settings = migrated_settings()
-    rows = open_failures(settings, _selection(stage, feed_url, since))
-    click.echo(f"{'would re-queue' if dry_run else 're-queuing'} {len(rows)} open failure(s)")
-    for f in rows:
-        click.echo(f"  {f.id}: {f.stage} {f.subject[:60]}")
-    if dry_run or not rows:
-        return
-    if not yes:
-        click.confirm(f"re-queue {len(rows)} failure(s)?", abort=True, err=True)
-    done = requeue_failures(settings, [f.id for f in rows])
-    click.echo(f"re-queued {done} failure(s); running workers process them (feedmill run --once waits for them)")

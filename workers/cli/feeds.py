@@ -1,4 +1,4 @@
-"""``feedmill feeds``: add, import, export, list, show, set, pause and resume feeds."""
+"""``feedmill feeds``: add, import, export, list, show, set, poll, pause, resume and remove feeds."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from schemas.db import insert_for, session_scope
-from schemas.models import Feed, Poll, utcnow
+from schemas.models import Article, Failure, Feed, Poll, Rule, utcnow
 from schemas.settings import Settings
 from tasks.fulltext import FULL_TEXT_MODES
 from workers.cli.common import iso, migrated_settings
+from workers.failures import FailureFilter, open_failures
+from workers.scheduler import claim_feeds, enqueue_fetches
 
 
 @click.group()
@@ -279,3 +281,79 @@ def feeds_resume(urls: tuple[str, ...]) -> None:
             feed.next_poll_at, feed.next_poll_reason = utcnow(), "resumed by an operator"
             feed.consecutive_errors = 0
     click.echo(f"resumed {len(urls)} feed(s); they are polled at the next dispatch")
+
+
+def _feed_ids(session: Session, urls: tuple[str, ...]) -> dict[str, int]:
+    """The ids of these feed URLs, in order; an unknown URL is an error."""
+    return {url: _find_feed(session, url).id for url in dict.fromkeys(url.strip() for url in urls)}
+
+
+@feeds.command("poll")
+@click.argument("urls", nargs=-1, required=True)
+def feeds_poll(urls: tuple[str, ...]) -> None:
+    """Poll feeds now, whatever their schedule (paused, retired and already-fetching feeds are skipped)."""
+    settings = migrated_settings()
+    with session_scope(settings) as session:
+        ids = _feed_ids(session, urls)
+    click.echo(f"polling {len(ids)} feed(s) now")
+    poll_ids = claim_feeds(settings, due_only=False, feed_ids=list(ids.values()))
+    enqueue_fetches(poll_ids)
+    with session_scope(settings) as session:
+        claimed = set(session.scalars(select(Poll.feed_id).where(Poll.id.in_(poll_ids))))
+        skipped = session.execute(
+            select(Feed.url, Feed.status).where(Feed.id.in_(list(ids.values())), Feed.id.not_in(claimed))
+        ).all()
+    for url, status in skipped:
+        reason = status if status != "active" else "being fetched already"
+        click.echo(f"  skipped {url}: {reason}")
+    click.echo(f"enqueued {len(poll_ids)} fetch(es); running workers fetch them (see: feedmill feeds show URL)")
+
+
+@feeds.command("remove")
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask first.")
+def feeds_remove(urls: tuple[str, ...], yes: bool) -> None:
+    """Delete feeds with their articles, polls, rules and open failures.
+
+    Articles of other feeds that were duplicates of a removed article stay and
+    point to their story's surviving original; when the original itself goes,
+    the lowest of them becomes it (``cluster_id`` keeps naming the story).
+    """
+    settings = migrated_settings()
+    with session_scope(settings) as session:
+        ids = list(_feed_ids(session, urls).values())
+        articles = session.scalar(select(func.count()).select_from(Article).where(Article.feed_id.in_(ids)))
+        polls = session.scalar(select(func.count()).select_from(Poll).where(Poll.feed_id.in_(ids)))
+        rules = session.scalar(select(func.count()).select_from(Rule).where(Rule.feed_id.in_(ids)))
+    failures = {f.id for feed_id in ids for f in open_failures(settings, FailureFilter(feed_id=feed_id))}
+    click.echo(f"removing {len(ids)} feed(s) with {articles} article(s), {polls} poll(s), {rules} feed rule(s) "
+               f"and {len(failures)} open failure(s)")
+    if not yes:
+        click.confirm(f"delete {len(ids)} feed(s) and everything stored from them?", abort=True, err=True)
+    with session_scope(settings) as session:
+        repointed = _keep_duplicates_of(session, ids)
+        session.execute(delete(Failure).where(Failure.id.in_(failures)))
+        session.execute(delete(Feed).where(Feed.id.in_(ids)))  # polls, articles, rules: ON DELETE CASCADE
+    click.echo(f"removed {len(ids)} feed(s), {articles} article(s) and {polls} poll(s)"
+               + (f"; {repointed} duplicate(s) in other feeds re-pointed to their story's surviving original"
+                  if repointed else ""))
+
+
+def _keep_duplicates_of(session: Session, feed_ids: list[int]) -> int:
+    """Other feeds' duplicates of these feeds' articles: point each at its story's surviving
+    original, or make the lowest of them the original when the original goes; return how many."""
+    removed = select(Article.id).where(Article.feed_id.in_(feed_ids))
+    orphans = session.scalars(
+        select(Article).where(Article.duplicate_of.in_(removed), Article.feed_id.not_in(feed_ids)).order_by(Article.id)
+    ).all()
+    for article in orphans:  # autoflush: an orphan made the original is found by the next of its story
+        original = session.scalar(
+            select(func.min(Article.id)).where(
+                Article.cluster_id == article.cluster_id, Article.duplicate_of.is_(None), Article.feed_id.not_in(feed_ids)
+            )
+        )
+        if original is None:
+            article.duplicate_of, article.duplicate_reason = None, None
+        else:
+            article.duplicate_of = original
+    return len(orphans)

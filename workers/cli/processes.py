@@ -16,6 +16,7 @@ from schemas.settings import Settings, current_settings
 from workers import service
 from workers.celery_app import QUEUES
 from workers.cli.common import migrated_settings
+from workers.metrics import worker_environment
 from workers.scheduler import claim_feeds, enqueue_fetches
 from workers.web import serve
 
@@ -32,13 +33,15 @@ def migrate_command() -> None:
 @click.option("--queues", "-Q", default=",".join(QUEUES), show_default=True, help="Comma-separated queues to consume.")
 @click.option("--concurrency", "-c", type=int, help="Worker processes (default: one per core).")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
+@click.option("--name", help="Node name, NAME@host, to tell several workers on one host apart (status, Flower).")
+def worker(queues: str, concurrency: int | None, loglevel: str, name: str | None) -> None:
     """Run a Celery worker for some or all stage queues."""
     unknown = set(queues.split(",")) - set(QUEUES)
     if unknown:
         raise click.ClickException(f"unknown queue(s): {', '.join(sorted(unknown))}; known: {', '.join(QUEUES)}")
-    migrated_settings()
-    os.execv(sys.executable, service.worker_command(tuple(queues.split(",")), concurrency, loglevel))
+    os.environ.update(worker_environment(migrated_settings()))
+    command = service.worker_command(tuple(queues.split(",")), concurrency, loglevel)
+    os.execv(sys.executable, command + (["--hostname", f"{name}@%h"] if name else []))
 
 
 @click.command()
@@ -61,6 +64,7 @@ def run(once: bool, no_workers: bool, concurrency: int | None, timeout: float, a
     if once:
         _run_once(settings, no_workers, concurrency, timeout, as_json)
         return
+    os.environ.update(worker_environment(settings))
     children = [service.start_process(service.scheduler_command(settings))]
     if not no_workers:
         children.append(service.start_process(service.worker_command(concurrency=concurrency)))
@@ -134,7 +138,7 @@ def _print_summary(summary: service.RoundSummary, out: TextIO) -> None:
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 def web(host: str, port: int) -> None:
-    """Serve the HTTP endpoint: WebSub callbacks and /healthz."""
+    """Serve the HTTP endpoint: WebSub callbacks, /metrics and /healthz."""
     settings = migrated_settings()
     if not settings.websub_callback_url:
         click.echo("note: FEEDMILL_WEBSUB_CALLBACK_URL is not set, so no hub can be asked to call this endpoint", err=True)

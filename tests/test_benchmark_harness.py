@@ -1,0 +1,60 @@
+"""The pipeline benchmark (benchmarks/pipeline.py) on a tiny corpus, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, ROOT, _postgres_reachable, _redis_reachable, require_service
+
+FEEDS, ENTRIES = 3, 4
+
+
+def harness(*args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--feeds", str(FEEDS), "--entries", str(ENTRIES),
+         "--json", *args],
+        env={**os.environ, "FEEDMILL_BENCH_REDIS_URL": REDIS_URL, "FEEDMILL_TEST_POSTGRES_URL": POSTGRES_ADMIN_URL},
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def check_feedmill_run(run: dict, planted: int) -> None:
+    assert run["entries"] == FEEDS * ENTRIES
+    assert run["entries_per_second"] > 0
+    assert run["failed"] == 0
+    assert run["duplicates_found"] >= planted
+    for stage in ("fetch", "parse", "clean", "dedupe", "classify"):
+        assert run["stages"][stage]["tasks"] >= 1
+        assert 0 < run["stages"][stage]["median_ms"] <= run["stages"][stage]["p95_ms"]
+    assert run["peak_rss"]["main_mb"] > 0
+    assert run["second_pass"]["feeds"] == FEEDS
+    assert run["second_pass"]["not_modified"] == FEEDS  # unchanged feeds: every answer a 304
+
+
+def test_embedded_inline_and_reader() -> None:
+    report = harness("--backends", "embedded", "--inline")
+    runs, planted = report["runs"], report["corpus"]["planted_duplicates"]
+    assert report["corpus"]["entries"] == FEEDS * ENTRIES
+    check_feedmill_run(runs["embedded"], planted)
+    check_feedmill_run(runs["inline embedded"], planted)
+    assert runs["embedded"]["peak_rss"]["pool_processes"] >= 1
+    assert runs["embedded"]["second_pass"]["http_answers"] == {"304": FEEDS}
+    assert runs["reader"]["entries"] == FEEDS * ENTRIES
+    assert runs["reader"]["second_pass"]["entries"] == 0
+    assert runs["reader"]["http_answers"] == {"200": FEEDS, "304": FEEDS}
+    assert set(report["ratios"]) == {"embedded / reader", "inline embedded / reader", "inline embedded / embedded"}
+
+
+@pytest.mark.integration
+def test_postgres_and_redis() -> None:
+    require_service("PostgreSQL", _postgres_reachable)
+    require_service("Redis", _redis_reachable)
+    report = harness("--backends", "postgres+redis", "--no-reader")
+    check_feedmill_run(report["runs"]["postgres+redis"], report["corpus"]["planted_duplicates"])

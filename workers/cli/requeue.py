@@ -1,0 +1,81 @@
+"""``feedmill requeue failed|article``: send work back to its stage.
+
+Each says what it will do, asks before changing more than a few items
+(unless --yes) and reports what it did. Stages are idempotent, so
+re-queuing something twice, or something that meanwhile finished, is harmless.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+from sqlalchemy import select
+
+from schemas.db import session_scope
+from schemas.models import STAGES, Article
+from workers.cli.common import migrated_settings
+from workers.cli.failures import selection, with_filters
+from workers.cli.reprocess import CONFIRM_ABOVE
+from workers.failures import close_article_failures, open_failures, requeue_failures
+from workers.reprocess import REPROCESS_STAGES, Selection, enqueue_stage, reset_to_stage
+
+
+@click.group()
+def requeue() -> None:
+    """Send work back to its stage."""
+
+
+@requeue.command("failed")
+@with_filters
+@click.option("--dry-run", is_flag=True, help="Only say what would be re-queued.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask first.")
+def requeue_failed(stage: str | None, feed_url: str | None, since: datetime | None, dry_run: bool, yes: bool) -> None:
+    """Re-queue open failures: failed articles go back to pending in their stage, failed messages are sent again."""
+    settings = migrated_settings()
+    rows = open_failures(settings, selection(stage, feed_url, since))
+    click.echo(f"{'would re-queue' if dry_run else 're-queuing'} {len(rows)} open failure(s)")
+    for f in rows:
+        click.echo(f"  {f.id}: {f.stage} {f.subject[:60]}")
+    if dry_run or not rows:
+        return
+    if not yes:
+        click.confirm(f"re-queue {len(rows)} failure(s)?", abort=True, err=True)
+    done = requeue_failures(settings, [f.id for f in rows])
+    click.echo(f"re-queued {done} failure(s); running workers process them (feedmill run --once waits for them)")
+
+
+@requeue.command("article")
+@click.argument("article_ids", nargs=-1, type=int, required=True)
+@click.option("--from-stage", "stage", required=True, type=click.Choice(REPROCESS_STAGES),
+              help="Stage to run again; the stages after it run again too.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be re-queued.")
+@click.option("--yes", "-y", is_flag=True, help=f"Do not ask before re-queuing more than {CONFIRM_ABOVE} articles.")
+def requeue_article(article_ids: tuple[int, ...], stage: str, dry_run: bool, yes: bool) -> None:
+    """Put ARTICLE_IDS back to pending in --from-stage and enqueue them: that stage and every later one run again.
+
+    Only articles that have reached the stage can go back to it (an earlier one
+    would skip the stages before); their open failures are marked re-queued.
+    """
+    settings = migrated_settings()
+    wanted = tuple(dict.fromkeys(article_ids))
+    with session_scope(settings) as session:
+        found = dict(session.execute(select(Article.id, Article.stage).where(Article.id.in_(wanted))).all())
+    reached = [i for i in wanted if i in found and STAGES.index(found[i]) >= STAGES.index(stage)]
+    following = " -> ".join(REPROCESS_STAGES[REPROCESS_STAGES.index(stage):])
+    click.echo(f"{'would send' if dry_run else 'sending'} {len(reached)} article(s) back to {stage}, then {following}")
+    for article_id in wanted:
+        if article_id not in found:
+            click.echo(f"  skipped {article_id}: no such article")
+        elif article_id not in reached:
+            click.echo(f"  skipped {article_id}: still waiting for {found[article_id]}, before {stage}; "
+                       f"use --from-stage {found[article_id]}")
+    if dry_run or not reached:
+        return
+    if len(reached) > CONFIRM_ABOVE and not yes:
+        click.confirm(f"re-queue {len(reached)} articles?", abort=True, err=True)
+    ids = reset_to_stage(settings, Selection(stage=stage, article_ids=tuple(reached)))
+    closed = close_article_failures(settings, ids)
+    batches = enqueue_stage(settings, stage, ids)
+    click.echo(f"reset {len(ids)} article(s) to {stage}, pending; enqueued {batches} batch(es) on the {stage} queue"
+               + (f"; marked {closed} open failure(s) re-queued" if closed else ""))
