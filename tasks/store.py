@@ -166,25 +166,14 @@ def finish_poll_of_feed(
 
 
 def entries_per_week(session: Session, feed_id: int, now: datetime) -> float | None:
-    """The feed's publishing rate over ``RATE_WINDOW``; None while it has too few entries to tell.
-
-    Every poll asks, 304s included, so it is counted from the (feed_id, published_at) index:
-    ``created_at`` sits at the end of the wide article row and is read only for undated entries.
-    """
-    cutoff = now - RATE_WINDOW
-    in_feed = Article.feed_id == feed_id
-    total, dated, undated = session.execute(
-        select(
-            select(func.count()).where(in_feed).scalar_subquery(),
-            select(func.count()).where(in_feed, Article.published_at >= cutoff).scalar_subquery(),
-            select(func.count())
-            .where(in_feed, Article.published_at.is_(None), Article.created_at >= cutoff)
-            .scalar_subquery(),
-        )
+    """The feed's publishing rate over ``RATE_WINDOW``; None while it has too few entries to tell."""
+    seen_at = func.coalesce(Article.published_at, Article.created_at)
+    total, recent = session.execute(
+        select(func.count(), func.count().filter(seen_at >= now - RATE_WINDOW)).where(Article.feed_id == feed_id)
     ).one()
     if total < MIN_ENTRIES_FOR_RATE:
         return None
-    return (dated + undated) / (RATE_WINDOW.total_seconds() / WEEK)
+    return recent / (RATE_WINDOW.total_seconds() / WEEK)
 
 
 def schedule_policy(settings: Settings) -> SchedulePolicy:
