@@ -72,7 +72,10 @@ TOPICS = (
 )
 
 # Language: enough of the start of an article to be sure, little enough to be fast.
-LANGUAGE_SAMPLE_CHARS = 1000
+# py3langid walks every byte in Python, so its time is proportional to the sample:
+# on the BBC corpus 500 characters give the same language as 1,000 for all 2,225
+# articles (lowest confidence 0.99) in half the time.
+LANGUAGE_SAMPLE_CHARS = 500
 MIN_LANGUAGE_LETTERS = 20
 MIN_LANGUAGE_CONFIDENCE = 0.5
 # py3langid labels that are not ISO 639-1 but belong to a language that is.

@@ -17,7 +17,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from celery import shared_task
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
@@ -37,7 +37,7 @@ from tasks import metrics
 from tasks.base import StageTask
 from tasks.http import safe_get
 from tasks.parse import parse_task
-from tasks.politeness import claim_host_slot, release_host_slot
+from tasks.politeness import drop_host_slot, release_host_slot, take_host_slot
 from tasks.schedule import http_hints
 from tasks.store import finish_poll_of_feed
 
@@ -86,7 +86,12 @@ class FetchStep:
 
 
 def run_fetch(settings: Settings, poll_id: int) -> FetchStep:
-    """Fetch the feed of a queued poll when its host allows, and record the outcome."""
+    """Fetch the feed of a queued poll when its host allows, and record the outcome.
+
+    Two transactions around the request, because each costs a round trip and, on SQLite,
+    the write lock: one reads the poll, claims the host's slot and marks the start; the
+    other frees the slot and records the outcome.
+    """
     with session_scope(settings) as session:
         poll = session.get(Poll, poll_id)
         if poll is None or poll.status != POLL_QUEUED:
@@ -95,26 +100,23 @@ def run_fetch(settings: Settings, poll_id: int) -> FetchStep:
         feed = session.get(Feed, poll.feed_id)
         assert feed is not None
         url, etag, last_modified = feed.url, feed.etag, feed.last_modified
-    claim = claim_host_slot(settings, urlsplit(url).hostname or "", poll_id)
-    if claim.slot_id is None:
-        with session_scope(settings) as session:
+        claim = take_host_slot(session, settings, urlsplit(url).hostname or "", poll_id)
+        if claim.slot_id is None:
             # Waiting our turn is not a stuck fetch: keep the feed's lease alive.
-            session.execute(
-                update(Feed)
-                .where(Feed.id == poll.feed_id)
-                .values(lease_until=utcnow() + timedelta(seconds=settings.lease_seconds))
-            )
-        return FetchStep(wait_seconds=claim.wait_seconds)
+            feed.lease_until = utcnow() + timedelta(seconds=settings.lease_seconds)
+            return FetchStep(wait_seconds=claim.wait_seconds)
+        poll.started_at = utcnow()
     try:
-        with session_scope(settings) as session:
-            session.execute(update(Poll).where(Poll.id == poll_id).values(started_at=utcnow()))
         started = time.monotonic()
         result = fetch_feed(url, etag, last_modified, settings)
         duration_ms = int((time.monotonic() - started) * 1000)
-    finally:
+        with session_scope(settings) as session:
+            drop_host_slot(session, claim.slot_id)
+            return FetchStep(parse=record_fetch(session, settings, poll_id, result, duration_ms))
+    except BaseException:
+        # Nothing recorded: free the slot now rather than when its lease ends.
         release_host_slot(settings, claim.slot_id)
-    with session_scope(settings) as session:
-        return FetchStep(parse=record_fetch(session, settings, poll_id, result, duration_ms))
+        raise
 
 
 def record_fetch(

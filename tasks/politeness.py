@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from schemas.db import insert_for, session_scope
 from schemas.models import Host, HostFetch, utcnow
@@ -32,27 +33,40 @@ class SlotClaim:
 
 
 def claim_host_slot(settings: Settings, host: str, poll_id: int | None) -> SlotClaim:
-    now = utcnow()
     with session_scope(settings) as session:
-        session.execute(insert_for(session, Host.__table__).values(host=host).on_conflict_do_nothing())
-        row = session.scalars(select(Host).where(Host.host == host).with_for_update()).one()
-        session.execute(delete(HostFetch).where(HostFetch.host == host, HostFetch.lease_until < now))
-        in_flight = session.scalar(select(func.count()).where(HostFetch.host == host)) or 0
-        if in_flight >= settings.host_max_concurrent:
-            # Ask again shortly: a slot usually frees long before its lease ends.
-            return SlotClaim(None, wait_seconds=max(settings.host_min_interval, 1.0))
-        if row.last_started_at is not None:
-            ready_at = row.last_started_at + timedelta(seconds=settings.host_min_interval)
-            if ready_at > now:
-                return SlotClaim(None, wait_seconds=(ready_at - now).total_seconds())
-        row.last_started_at = now
-        lease = timedelta(seconds=settings.fetch_deadline + LEASE_MARGIN)
-        slot = HostFetch(host=host, poll_id=poll_id, lease_until=now + lease)
-        session.add(slot)
-        session.flush()
-        return SlotClaim(slot.id)
+        return take_host_slot(session, settings, host, poll_id)
+
+
+def take_host_slot(session: Session, settings: Settings, host: str, poll_id: int | None) -> SlotClaim:
+    """Claim a slot inside the caller's transaction, so a fetch can start in the one it reads its poll in.
+
+    The slot only counts for other workers once that transaction commits, which it must do before the request.
+    """
+    now = utcnow()
+    session.execute(insert_for(session, Host.__table__).values(host=host).on_conflict_do_nothing())
+    row = session.scalars(select(Host).where(Host.host == host).with_for_update()).one()
+    session.execute(delete(HostFetch).where(HostFetch.host == host, HostFetch.lease_until < now))
+    in_flight = session.scalar(select(func.count()).where(HostFetch.host == host)) or 0
+    if in_flight >= settings.host_max_concurrent:
+        # Ask again shortly: a slot usually frees long before its lease ends.
+        return SlotClaim(None, wait_seconds=max(settings.host_min_interval, 1.0))
+    if row.last_started_at is not None:
+        ready_at = row.last_started_at + timedelta(seconds=settings.host_min_interval)
+        if ready_at > now:
+            return SlotClaim(None, wait_seconds=(ready_at - now).total_seconds())
+    row.last_started_at = now
+    lease = timedelta(seconds=settings.fetch_deadline + LEASE_MARGIN)
+    slot = HostFetch(host=host, poll_id=poll_id, lease_until=now + lease)
+    session.add(slot)
+    session.flush()
+    return SlotClaim(slot.id)
 
 
 def release_host_slot(settings: Settings, slot_id: int) -> None:
     with session_scope(settings) as session:
-        session.execute(delete(HostFetch).where(HostFetch.id == slot_id))
+        drop_host_slot(session, slot_id)
+
+
+def drop_host_slot(session: Session, slot_id: int) -> None:
+    """Free a slot inside the caller's transaction (the fetch records its outcome in the same one)."""
+    session.execute(delete(HostFetch).where(HostFetch.id == slot_id))
