@@ -98,8 +98,9 @@ class FastPathRefused(Exception):
     """fastfeedparser's reading of this document is not known to equal feedparser's."""
 
 
-_CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
+_CONTENT_ENCODED = "{http://purl.org/rss/1.0/modules/content/}encoded"
 _DC = "{http://purl.org/dc/elements/1.1/}"
+_DC_DATE = _DC + "date"
 _SY = "{http://purl.org/rss/1.0/modules/syndication/}"
 _ATOM_LINK = "{http://www.w3.org/2005/Atom}link"
 #: RSS 2.0 channel and item elements on which the agreement test shows both parsers agree;
@@ -107,15 +108,21 @@ _ATOM_LINK = "{http://www.w3.org/2005/Atom}link"
 _CHANNEL_TAGS = frozenset({
     "title", "link", "description", "language", "copyright", "managingEditor", "webMaster", "pubDate",
     "lastBuildDate", "generator", "docs", "ttl", "item", _SY + "updatePeriod", _SY + "updateFrequency",
-    _SY + "updateBase", _ATOM_LINK,
+    _SY + "updateBase", _ATOM_LINK, "skipHours", "skipDays", "image",
 })
+#: Channel elements with elements inside, read by neither parser for anything feedmill keeps.
+_CHANNEL_BLOCKS = frozenset({"skipHours", "skipDays", "image"})
 _ITEM_TAGS = frozenset({"title", "link", "guid", "pubDate", "description", "category", "comments",
-                        _CONTENT + "encoded", _DC + "creator"})
-_REPEATABLE = frozenset({"category"})
+                        "enclosure", _CONTENT_ENCODED, _DC + "creator", _DC_DATE})
+_REPEATABLE = frozenset({"category", "item", _ATOM_LINK})
+#: The text entry keys, each with the item element it comes from.
+_ENTRY_TEXT = {"id": "guid", "link": "link", "title": "title", "author": _DC + "creator"}
 _FEED_TYPES = frozenset({"application/rss+xml", "application/xml", "text/xml"})
 _DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([^"']*)["']""")
 _CHARSET = re.compile(r";\s*charset\s*=\s*\"?([^\s;\"]+)", re.IGNORECASE)
-_ABSOLUTE_URL = re.compile(r"https?://[^\s<>\"]+\Z")
+#: An absolute http(s) URL, without what looks like an entity (feedparser rewrites those in links).
+_ABSOLUTE_URL = re.compile(r"(?!.*&\w+;)https?://[^\s<>\"]+\Z")
+_C1_CONTROL = re.compile(rb"\xc2[\x80-\x9f]")
 
 
 def fast_path_channel(body: bytes, content_type: str | None) -> Any:
@@ -125,18 +132,21 @@ def fast_path_channel(body: bytes, content_type: str | None) -> Any:
     other than plain UTF-8 XML, a DTD, XML that is not well-formed, another feed
     type, or an element or construct outside what both read alike.
     """
-    if content_type:
-        media_type = content_type.split(";", 1)[0].strip().lower()
-        charset = _CHARSET.search(content_type)
-        if media_type not in _FEED_TYPES:
-            raise FastPathRefused(f"media type {media_type}")
-        if charset and charset.group(1).lower() != "utf-8" or media_type == "text/xml" and not charset:
-            raise FastPathRefused(f"encoding of {content_type}")
+    if not content_type:
+        raise FastPathRefused("no media type (feedparser flags the document)")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    charset = _CHARSET.search(content_type)
+    if media_type not in _FEED_TYPES:
+        raise FastPathRefused(f"media type {media_type}")
+    if charset and charset.group(1).lower() != "utf-8" or media_type == "text/xml" and not charset:
+        raise FastPathRefused(f"encoding of {content_type}")
     declared = _DECLARED_ENCODING.match(body)
     if body.startswith(b"\xef\xbb\xbf") or declared and declared.group(1).lower() != b"utf-8":
         raise FastPathRefused("encoding other than UTF-8 declared, or a byte order mark")
     if b"<!DOCTYPE" in body or b"xml:base" in body:
         raise FastPathRefused("a DTD or xml:base")
+    if _C1_CONTROL.search(body):
+        raise FastPathRefused("C1 control characters (feedparser maps them as windows-1252)")
     try:
         root = etree.fromstring(body, etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
     except etree.XMLSyntaxError as exc:
@@ -145,20 +155,26 @@ def fast_path_channel(body: bytes, content_type: str | None) -> Any:
         raise FastPathRefused(f"not RSS 2.0 with one channel: <{root.tag} version={root.get('version')!r}>")
     channel = root[0]
     items = 0
+    seen: set[str] = set()
     for child in channel:
         if child.tag not in _CHANNEL_TAGS:
             raise FastPathRefused(f"channel element {child.tag}")
+        if child.tag in seen and child.tag not in _REPEATABLE:
+            raise FastPathRefused(f"channel element {child.tag} repeated")
+        seen.add(child.tag)
         if child.tag == "item":
             _check_item(child)
             items += 1
         elif child.tag == _ATOM_LINK:
             if child.get("rel") not in ("self", "hub") or not _ABSOLUTE_URL.match(child.get("href") or ""):
                 raise FastPathRefused("an atom:link other than an absolute self or hub")
-        elif len(child):
+        elif len(child) and child.tag not in _CHANNEL_BLOCKS:
             raise FastPathRefused(f"markup inside channel {child.tag}")
-    link = channel.findtext("link")
+    link, title = channel.findtext("link"), channel.findtext("title")
     if link is not None and not _ABSOLUTE_URL.match(link.strip()):
         raise FastPathRefused("a relative or empty channel link")
+    if title is not None and not title.strip():
+        raise FastPathRefused("an empty channel title")
     if not items:
         raise FastPathRefused("no items")
     return channel
@@ -173,14 +189,13 @@ def _check_item(item: Any) -> None:
         if tag in seen and tag not in _REPEATABLE:
             raise FastPathRefused(f"item element {tag} repeated")
         seen.add(tag)
-        if len(child) or not (child.text or "").strip():
+        if len(child) or not (child.text or "").strip() and tag != "enclosure":
             raise FastPathRefused(f"item element {tag} empty or holding markup")
-    link = item.findtext("link")
     guid = item.find("guid")
-    if link is None and guid is not None and guid.get("isPermaLink", "true") == "true":
-        link = guid.text  # feedparser takes a permalink GUID for the link
-    if link is not None and not _ABSOLUTE_URL.match(link.strip()):
-        raise FastPathRefused("a relative link")
+    # feedparser resolves a permalink GUID as a link, and takes it for the link when there is none.
+    urls = [item.findtext("link"), guid.text if guid is not None and guid.get("isPermaLink", "true") == "true" else None]
+    if any(url is not None and not _ABSOLUTE_URL.match(url.strip()) for url in urls):
+        raise FastPathRefused("a relative link or permalink GUID")
 
 
 def _parse_fast(body: bytes, channel: Any) -> ParsedFeed:
@@ -193,15 +208,15 @@ def _parse_fast(body: bytes, channel: Any) -> ParsedFeed:
     if len(parsed.entries) != len(items):
         raise FastPathRefused(f"fastfeedparser found {len(parsed.entries)} of {len(items)} items")
     feed = parsed.feed
-    links = {link.get("rel"): link.get("href") for link in channel.iter(_ATOM_LINK)}
+    links = {link.get("rel"): link.get("href") for link in channel.findall(_ATOM_LINK)}
     feed_meta = {
         "ttl": channel.findtext("ttl"),
         "sy_updateperiod": channel.findtext(_SY + "updatePeriod"),
         "sy_updatefrequency": channel.findtext(_SY + "updateFrequency"),
     }
     return ParsedFeed(
-        title=feed.get("title"),
-        site_url=feed.get("link"),
+        title=_feedparser_text(feed.get("title")),
+        site_url=_feedparser_text(feed.get("link")),
         entries=raw_entries([_as_feedparser_entry(e, item) for e, item in zip(parsed.entries, items)]),
         schedule_hints=feed_hints(feed_meta, body).to_dict(),
         hub_url=links.get("hub"),
@@ -210,16 +225,38 @@ def _parse_fast(body: bytes, channel: Any) -> ParsedFeed:
 
 
 def _as_feedparser_entry(entry: dict[str, Any], item: Any) -> dict[str, Any]:
-    """A fastfeedparser entry with feedparser's keys, for ``raw_entries``.
+    """A fastfeedparser entry with feedparser's keys and text, for ``raw_entries``.
 
-    Dates go through feedparser's own date parser, from the item's text, because
-    the two read dates without a timezone differently.
+    Each value only when the item has its element: fastfeedparser fills gaps
+    (the link for a missing GUID, the description for missing content, an
+    empty title). Dates go through feedparser's own date parser, from the
+    item's text, because the two read dates without a timezone differently.
     """
-    result = {key: entry.get(key) for key in ("id", "link", "title", "author", "content", "tags")}
-    result["published_parsed"] = feedparser_date(item.findtext("pubDate"))
-    if item.find("description") is not None:
-        result["summary"], result["summary_detail"] = entry.get("description"), True
+    present = {child.tag for child in item}
+    result: dict[str, Any] = {
+        key: _feedparser_text(entry.get(key)) if tag in present else None for key, tag in _ENTRY_TEXT.items()
+    }
+    guid = item.find("guid")
+    if "link" not in present and guid is not None and guid.get("isPermaLink", "true") == "true":
+        result["link"] = result["id"]  # feedparser takes a permalink GUID for a missing link
+    if _CONTENT_ENCODED in present:
+        result["content"] = [{"value": _feedparser_text(entry["content"][0]["value"])}]
+    if "description" in present:
+        result["summary"], result["summary_detail"] = _feedparser_text(entry.get("description")), True
+    result["tags"] = [{"term": _feedparser_text(tag["term"])} for tag in entry.get("tags") or ()]
+    result["published_parsed"] = feedparser_date(item.findtext("pubDate")) or feedparser_date(item.findtext(_DC_DATE))
     return result
+
+
+def _feedparser_text(value: str | None) -> str | None:
+    """Text as feedparser gives it: stripped, and UTF-8 read as Latin-1 undone when it decodes."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return value.encode("iso-8859-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
