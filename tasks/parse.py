@@ -115,6 +115,7 @@ _CHANNEL_BLOCKS = frozenset({"skipHours", "skipDays", "image"})
 _ITEM_TAGS = frozenset({"title", "link", "guid", "pubDate", "description", "category", "comments",
                         "enclosure", _CONTENT_ENCODED, _DC + "creator", _DC_DATE})
 _REPEATABLE = frozenset({"category", "item", _ATOM_LINK})
+_ITEM_ATTRIBUTES = {"guid": frozenset({"isPermaLink"}), "category": frozenset({"domain"})}
 #: The text entry keys, each with the item element it comes from.
 _ENTRY_TEXT = {"id": "guid", "link": "link", "title": "title", "author": _DC + "creator"}
 _FEED_TYPES = frozenset({"application/rss+xml", "application/xml", "text/xml"})
@@ -168,8 +169,8 @@ def fast_path_channel(body: bytes, content_type: str | None) -> Any:
         elif child.tag == _ATOM_LINK:
             if child.get("rel") not in ("self", "hub") or not _ABSOLUTE_URL.match(child.get("href") or ""):
                 raise FastPathRefused("an atom:link other than an absolute self or hub")
-        elif len(child) and child.tag not in _CHANNEL_BLOCKS:
-            raise FastPathRefused(f"markup inside channel {child.tag}")
+        elif child.tag not in _CHANNEL_BLOCKS and (len(child) or child.attrib):
+            raise FastPathRefused(f"markup or attributes in channel {child.tag}")
     link, title = channel.findtext("link"), channel.findtext("title")
     if link is not None and not _ABSOLUTE_URL.match(link.strip()):
         raise FastPathRefused("a relative or empty channel link")
@@ -181,6 +182,8 @@ def fast_path_channel(body: bytes, content_type: str | None) -> Any:
 
 
 def _check_item(item: Any) -> None:
+    if item.attrib:
+        raise FastPathRefused("item attributes")  # feedparser takes rdf:about for the GUID
     seen: set[str] = set()
     for child in item:
         tag = child.tag
@@ -189,8 +192,12 @@ def _check_item(item: Any) -> None:
         if tag in seen and tag not in _REPEATABLE:
             raise FastPathRefused(f"item element {tag} repeated")
         seen.add(tag)
-        if len(child) or not (child.text or "").strip() and tag != "enclosure":
+        if tag == "enclosure":
+            continue
+        if len(child) or not (child.text or "").strip():
             raise FastPathRefused(f"item element {tag} empty or holding markup")
+        if child.attrib and not _ITEM_ATTRIBUTES.get(tag, frozenset()).issuperset(child.keys()):
+            raise FastPathRefused(f"attributes of item element {tag}")  # e.g. mode="base64"
     guid = item.find("guid")
     # feedparser resolves a permalink GUID as a link, and takes it for the link when there is none.
     urls = [item.findtext("link"), guid.text if guid is not None and guid.get("isPermaLink", "true") == "true" else None]
@@ -244,8 +251,12 @@ def _as_feedparser_entry(entry: dict[str, Any], item: Any) -> dict[str, Any]:
     if "description" in present:
         result["summary"], result["summary_detail"] = _feedparser_text(entry.get("description")), True
     result["tags"] = [{"term": _feedparser_text(tag["term"])} for tag in entry.get("tags") or ()]
-    result["published_parsed"] = feedparser_date(item.findtext("pubDate")) or feedparser_date(item.findtext(_DC_DATE))
+    result["published_parsed"] = _feedparser_date(item.findtext("pubDate")) or _feedparser_date(item.findtext(_DC_DATE))
     return result
+
+
+def _feedparser_date(value: str | None) -> Any:
+    return feedparser_date(_feedparser_text(value))
 
 
 def _feedparser_text(value: str | None) -> str | None:

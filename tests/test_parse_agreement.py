@@ -135,7 +135,7 @@ texts = st.one_of(
     ]),
 )
 dates = st.sampled_from([
-    "Mon, 01 Jan 2024 10:00:00 GMT", "Mon, 01 Jan 2024 10:00:00 +0200", "Mon, 01 Jan 2024 10:00:00",
+    "Mon, 01 Jan 2024 10:00:00 GMT", "  Mon, 01 Jan 2024 10:00:00 GMT  ", "Mon, 01 Jan 2024 10:00:00 +0200", "Mon, 01 Jan 2024 10:00:00",
     "2024-01-01T10:00:00Z", "2024-01-01T10:00:00", "2024-01-01", "Fri, 31 Dec 9999 23:59:59 GMT",
     "Mon, 01 Jan 0001 00:00:00 GMT", "yesterday", "", "01 Jan 2024 10:00 EST", "Mon, 1 Jan 24 10:00:00 PST",
 ])
@@ -270,6 +270,14 @@ FALLBACKS = {
                          "repeated"),
     "unescaped markup": (channel(PLAIN_ITEM.replace("<description>d", "<description><p>d</p>")), RSS_TYPE, "markup"),
     "empty title": (channel(PLAIN_ITEM.replace("<title>t</title>", "<title> </title>")), RSS_TYPE, "empty"),
+    "base64 description": (channel(PLAIN_ITEM.replace("<description>d", '<description mode="base64">aGVsbG8=')), RSS_TYPE,
+                           "attributes"),
+    "rdf:about on item": (
+        channel(PLAIN_ITEM.replace("<item>", '<item xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+                                   'rdf:about="https://e.org/x">')), RSS_TYPE, "item attributes",
+    ),
+    "base64 channel title": (channel(PLAIN_ITEM).replace(b"<title>T</title>", b'<title mode="base64">VA==</title>'),
+                             RSS_TYPE, "attributes in channel"),
     "comment in item": (channel(PLAIN_ITEM.replace("</item>", "<!-- c --></item>")), RSS_TYPE, "item element"),
     "channel cloud": (channel(PLAIN_ITEM, '<cloud domain="e.org" port="80" path="/rpc"/>'), RSS_TYPE,
                       "channel element"),
