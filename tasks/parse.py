@@ -1,9 +1,10 @@
 """Parse stage: a fetched body becomes entries, stored idempotently.
 
-``parse_document`` is pure: bytes in, ``ParsedFeed`` out. It takes
-fastfeedparser's fast path for the documents where its reading is known to
-equal feedparser's (``fast_path_refusal`` says which), and feedparser for the
-rest, so that the path taken never changes an entry's key or hash. ``store_entries``
+``parse_document`` is pure: bytes in, ``ParsedFeed`` out. It reads with
+fastfeedparser (about 20 times faster) the documents on which its reading is
+known to equal feedparser's (``fast_path_channel`` says which), and the rest
+with feedparser, so the path taken never changes an entry's key or hash (the
+agreement is tested in ``tests/test_parse_agreement.py``). ``store_entries``
 inserts new entries and updates changed ones (``INSERT ... ON CONFLICT`` on
 feed and entry identity), so re-parsing the same document stores nothing new.
 A document feedparser flags as malformed (bozo) but that still yields
@@ -71,6 +72,7 @@ def parse_document(body: bytes, content_type: str | None, url: str | None) -> Pa
 
 
 def _parse_feedparser(body: bytes, content_type: str | None, url: str | None) -> ParsedFeed:
+    """feedparser's reading: any document, and the reference the fast path must equal."""
     headers = {"content-location": url or ""}
     if content_type:
         headers["content-type"] = content_type
@@ -182,6 +184,7 @@ def fast_path_channel(body: bytes, content_type: str | None) -> Any:
 
 
 def _check_item(item: Any) -> None:
+    """Refuse an item with anything but non-empty text elements both parsers read alike."""
     if item.attrib:
         raise FastPathRefused("item attributes")  # feedparser takes rdf:about for the GUID
     seen: set[str] = set()
