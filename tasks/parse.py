@@ -420,6 +420,8 @@ def store_entries(
             rows,
         )
     )
+    if len(new_ids) == len(rows):
+        return sorted(new_ids), []  # all new: nothing stored to compare with
     by_key = {e.entry_key: e for e in entries}
     existing = session.scalars(
         select(Article)

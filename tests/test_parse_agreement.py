@@ -9,6 +9,7 @@ feedparser.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -99,6 +100,19 @@ FIXTURES = {
     ]).encode(),
     "changed": rss([{"title": "New title", "guid": "g1", "description": "Body one"}]).encode(),
 }
+
+
+def test_stored_identities_and_hashes_are_those_feedparser_gave_before_the_fast_path() -> None:
+    """Pinned from feedparser-only parsing (main before the fast path): switching re-keys nothing."""
+    seed = parse_document(FIXTURES["seed-news"], RSS_TYPE, "https://news.example.com/rss")
+    assert [(e.entry_key, e.raw_hash) for e in seed.entries] == [
+        ("guid:seed-news-2735281", "66543c6c05f075bbdd7337e96f3250c053b65882c97e5ac4b99f6bedd04866e0"),
+        ("guid:seed-news-5160431", "90c5a5ab6daf1ef47498aad4a33d1db24dad5b6ce3a77dbf1a6f4e4e13367a12"),
+    ]
+    generated = build_corpus(2, 50, None).feeds[0]
+    parsed = parse_document(render_rss("Feed 0", "https://news0.example/", generated), RSS_TYPE, URL)
+    hashes = "".join(e.raw_hash for e in parsed.entries).encode()
+    assert hashlib.sha256(hashes).hexdigest() == "a0f155c9261d745f70cfc539adb905380445709fbaad8a31bd04da38ecb3b06c"
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
