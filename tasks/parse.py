@@ -151,7 +151,8 @@ def fast_path_channel(body: bytes, content_type: str | None) -> Any:
     if _C1_CONTROL.search(body):
         raise FastPathRefused("C1 control characters (feedparser maps them as windows-1252)")
     try:
-        root = etree.fromstring(body, etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
+        root = etree.fromstring(body, etree.XMLParser(
+            encoding="utf-8", resolve_entities=False, no_network=True, load_dtd=False))  # not UTF-16 by its BOM
     except etree.XMLSyntaxError as exc:
         raise FastPathRefused(f"not well-formed XML: {exc}") from None
     if root.tag != "rss" or root.get("version") != "2.0" or len(root) != 1 or root[0].tag != "channel":
