@@ -211,13 +211,15 @@ def _check_item(item: Any) -> None:
 
 def _parse_fast(body: bytes, channel: Any) -> ParsedFeed:
     """fastfeedparser's reading of a document ``fast_path_channel`` accepted, as feedparser's values."""
+    items = channel.findall("item")
     try:
         parsed = fastfeedparser.parse(body, include_media=False, include_enclosures=False)
-    except Exception as exc:  # noqa: BLE001 - any failure of the fast path is feedparser's to judge
-        raise FastPathRefused(f"fastfeedparser raised {exc!r}") from None
-    items = channel.findall("item")
-    if len(parsed.entries) != len(items):
-        raise FastPathRefused(f"fastfeedparser found {len(parsed.entries)} of {len(items)} items")
+        if len(parsed.entries) != len(items):
+            raise ValueError(f"fastfeedparser found {len(parsed.entries)} of {len(items)} items")
+        entries = [_as_feedparser_entry(entry, item) for entry, item in zip(parsed.entries, items)]
+    except Exception as exc:  # noqa: BLE001 - a document the fast path fails on is feedparser's to judge
+        log.warning("fast path failed, parsing with feedparser: %r", exc)
+        raise FastPathRefused(f"fast path failed: {exc!r}") from None
     feed = parsed.feed
     links = {link.get("rel"): link.get("href") for link in channel.findall(_ATOM_LINK)}
     feed_meta = {
@@ -228,7 +230,7 @@ def _parse_fast(body: bytes, channel: Any) -> ParsedFeed:
     return ParsedFeed(
         title=_feedparser_text(feed.get("title")),
         site_url=_feedparser_text(feed.get("link")),
-        entries=raw_entries([_as_feedparser_entry(e, item) for e, item in zip(parsed.entries, items)]),
+        entries=raw_entries(entries),
         schedule_hints=feed_hints(feed_meta, body).to_dict(),
         hub_url=links.get("hub"),
         self_url=links.get("self"),
