@@ -26,7 +26,6 @@ from benchmarks.corpus import build_corpus, render_rss
 from tasks.parse import FastPathRefused, NotAFeed, _parse_feedparser, fast_path_channel, parse_document
 from tests.conftest import EXAMPLES, rss
 from tests.test_hostile_feeds import build_corpus as hostile_corpus
-from tests.test_hostile_feeds import item
 
 BBC = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbc"
 RSS_TYPE = "application/rss+xml"
