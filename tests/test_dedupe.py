@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -95,6 +97,34 @@ def test_band_keys_are_the_same_in_every_process() -> None:
         env={"PYTHONHASHSEED": "12345", "PATH": ""}, cwd=ROOT,
     ).stdout
     assert there.strip() == str(here)
+
+
+#: Signatures and band keys computed by the code that built existing indexes (sha256 of their
+#: bytes): a faster fingerprint must reproduce them bit for bit, or stored rows stop matching.
+_PINNED = {
+    "Ministers said on Tuesday that the Café's new tax rules, set out in 2024, would cost £3bn a year.": (
+        {2: "f29291bf725bdd79e8f583421aaba08a232febfb79b4c9da66b931f466e86147",
+         3: "6aeb70e039b32a05a336f2231fb57813f0c9fc312030e963e31428f9a067c4d3"},
+        "648d57c032ad66e907c6bd802fbee2e4e3d97842a412419e1e4a32182aa6ede0",
+    ),
+    " ".join(f"word{i % 37} Zeitung_{i % 11} ÉCOLE{i % 5}" for i in range(120)): (
+        {3: "c916776621883fb7d2976b8e6bf56eb3216994727baaaaacc85b26574d263fd4"},
+        "aeb3ee2faa9fb7f80224af1dffe172dc306f47cada932119c05021f4e23caa70",
+    ),
+    "The fox's 'quick' jump — ﬁne ① Ｆｕｌｌ width, straße & STRASSE; naïve coöperation " * 6: (
+        {2: "5231f239bc24f8ec655b668022c4bfb878b908596c19ef95fef29806da02f603",
+         3: "c8402cd7098344cc11b536c89580f302b7de8d099433a8e0020ca7f501e4801b"},
+        "08ec8d98c819b522e19d59500570317aa16819711e2fa320d2efb99efe624fc1",
+    ),
+}
+
+
+@pytest.mark.parametrize("text", list(_PINNED))
+def test_signatures_and_band_keys_match_the_stored_index(text: str) -> None:
+    signatures, bands = _PINNED[text]
+    fp = fingerprint(text)
+    assert {size: hashlib.sha256(sig.tobytes()).hexdigest() for size, sig in fp.signatures.items()} == signatures
+    assert hashlib.sha256(np.array(fp.band_keys, dtype=np.int64).tobytes()).hexdigest() == bands
 
 
 def test_band_keys_collide_for_copies_and_differ_by_shingle_size() -> None:
