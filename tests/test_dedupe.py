@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from schemas.db import session_scope
 from schemas.models import PENDING, Article, MinhashBand, MinhashSignature, utcnow
@@ -273,6 +275,41 @@ def test_redelivered_batch_changes_nothing(settings: Settings) -> None:
     assert rows(settings, *ids) == before
     with session_scope(settings) as session:
         assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2
+
+
+def test_fingerprints_are_computed_outside_the_write_lock(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other workers can write while a batch hashes; a text changed meanwhile is hashed again."""
+    settings = sqlite_settings
+    feed, other_feed = add_feed(settings, "https://a.example/feed"), add_feed(settings, "https://b.example/feed")
+    text = story(200)
+    first = add_article(settings, feed, text)
+    run_dedupe(settings, [first])
+    later = add_article(settings, other_feed, story(200))
+    path = make_url(settings.database_url).database
+    lock_was_free: dict[str, bool] = {}
+
+    def fingerprint_and_probe(article_text: str):
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # raises "database is locked" while a writer holds it
+            if not lock_was_free:  # the batch's read is done: the article is revised now
+                other.execute("UPDATE articles SET text = ? WHERE id = ?", (edited(text), later))
+            other.execute("COMMIT")
+            lock_was_free[article_text] = True
+        except sqlite3.OperationalError:
+            lock_was_free[article_text] = False
+        finally:
+            other.close()
+        return fingerprint(article_text)
+
+    monkeypatch.setattr("tasks.dedupe.fingerprint", fingerprint_and_probe)
+    assert run_dedupe(settings, [later]) == [later]
+    assert list(lock_was_free.values()) == [True, False]  # the read text, then the revised one inside
+    assert rows(settings, later) == [(first, first, NEAR)]
+    with session_scope(settings) as session:
+        assert session.get(Article, later).content_hash == content_fingerprint(edited(text))
 
 
 def _parse_and_clean(settings: Settings, feed_id: int, document: str) -> list[int]:
