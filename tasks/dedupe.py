@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -113,14 +114,18 @@ def word_hashes(text_words: Sequence[str]) -> np.ndarray:
 
 
 def shingle_hashes(word_hashes: np.ndarray, size: int) -> np.ndarray:
-    """Distinct 64-bit hashes of the text's ``size``-word shingles, from its ``word_hashes``."""
+    """64-bit hashes of the text's ``size``-word shingles, from its ``word_hashes``.
+
+    Repeated shingles stay: a minimum over them is the same, and dropping them
+    (a sort) cost more than hashing them twice.
+    """
     count = len(word_hashes) - size + 1
     if count < 1:
         return np.empty(0, dtype=np.uint64)
     hashes = np.zeros(count, dtype=np.uint64)
     for position in range(size):
         hashes += word_hashes[position : position + count] * _POSITION[position]
-    return np.unique(hashes)
+    return hashes
 
 
 def minhash(hashes: np.ndarray) -> np.ndarray:
@@ -163,7 +168,7 @@ class Fingerprint:
     #: Shingle size -> MinHash signature.
     signatures: dict[int, np.ndarray]
 
-    @property
+    @cached_property  # read four times per article by the stage
     def band_keys(self) -> list[int]:
         return [key for size, sig in self.signatures.items() for key in band_keys(sig, size)]
 
