@@ -29,11 +29,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
+from itertools import zip_longest
 from urllib.parse import urlsplit
 
 import numpy as np
 from celery import shared_task
-from sqlalchemy import Row, delete, insert, select, text
+from sqlalchemy import ColumnElement, any_, bindparam, delete, insert, or_, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
@@ -371,21 +373,23 @@ def _load_candidates(
 
     urls = sorted({u for a in articles if (u := identifying_url(a.url))})
     hashes = sorted({fp.content_hash for fp in fps.values() if fp.matchable and fp.content_hash})
-    for column, values in ((Article.url, urls), (Article.content_hash, hashes)):
-        for chunk in _chunks(values):
-            for row in session.execute(select(*columns).where(column.in_(chunk), placed)):
-                if row.id not in batch_ids:
-                    known(row)
+    for url_chunk, hash_chunk in zip_longest(_chunks(urls), _chunks(hashes), fillvalue=()):
+        same = [_one_of(session, column, chunk)
+                for column, chunk in ((Article.url, url_chunk), (Article.content_hash, hash_chunk)) if chunk]
+        for row in session.execute(select(*columns).where(or_(*same), placed)):
+            if row.id not in batch_ids:
+                known(row)
     band_keys_of: dict[int, list[int]] = defaultdict(list)
     for chunk in _chunks(sorted({key for fp in fps.values() for key in fp.band_keys})):
-        for band_key, article_id in _articles_with_band_keys(session, chunk):
+        bands = select(MinhashBand.band_key, MinhashBand.article_id).where(_one_of(session, MinhashBand.band_key, chunk))
+        for band_key, article_id in session.execute(bands):
             if article_id not in batch_ids:
                 band_keys_of[article_id].append(band_key)
     for chunk in _chunks(sorted(band_keys_of)):
         for row in session.execute(
             select(*columns, MinhashSignature.shingle_words, MinhashSignature.signature)
             .join(MinhashSignature, MinhashSignature.article_id == Article.id)
-            .where(Article.id.in_(chunk), placed)
+            .where(_one_of(session, Article.id, chunk), placed)
         ):
             known(row).signatures[row.shingle_words] = np.frombuffer(row.signature, dtype=np.uint32)
     index = CandidateIndex()
@@ -402,8 +406,8 @@ def _load_candidates(
 def _write_index(session: Session, articles: Sequence[Article], fps: dict[int, Fingerprint]) -> None:
     """Replace the batch's signatures and band keys (a revision's old ones go)."""
     for chunk in _chunks(sorted(fps)):
-        session.execute(delete(MinhashBand).where(MinhashBand.article_id.in_(chunk)))
-        session.execute(delete(MinhashSignature).where(MinhashSignature.article_id.in_(chunk)))
+        session.execute(delete(MinhashBand).where(_one_of(session, MinhashBand.article_id, chunk)))
+        session.execute(delete(MinhashSignature).where(_one_of(session, MinhashSignature.article_id, chunk)))
     signature_rows = [
         {"article_id": article_id, "shingle_words": size, "signature": signature.tobytes()}
         for article_id, fp in fps.items()
@@ -427,16 +431,11 @@ def _write_index(session: Session, articles: Sequence[Article], fps: dict[int, F
         session.execute(insert(MinhashBand), [{"band_key": key, "article_id": article_id} for key, article_id in bands])
 
 
-def _articles_with_band_keys(session: Session, keys: Sequence[int]) -> Iterable[Row[tuple[int, int]]]:
-    """(band key, article id) of the index rows under ``keys``."""
-    if _is_postgresql(session):  # one array parameter, not thousands of bound values to parse
-        return session.execute(
-            text("SELECT band_key, article_id FROM minhash_bands WHERE band_key = ANY(CAST(:keys AS bigint[]))"),
-            {"keys": list(keys)},
-        )
-    return session.execute(
-        select(MinhashBand.band_key, MinhashBand.article_id).where(MinhashBand.band_key.in_(keys))
-    )
+def _one_of(session: Session, column: ColumnElement, values: Sequence) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``= ANY`` of one array parameter, not one bound value each to parse."""
+    if _is_postgresql(session):
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
 
 
 def _is_postgresql(session: Session) -> bool:
