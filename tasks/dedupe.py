@@ -298,10 +298,10 @@ class DedupeBatch:
     has changed since is fingerprinted again.
     """
 
-    def __init__(self, settings: Settings, fingerprinted: dict[int, tuple[str, Fingerprint]] | None = None) -> None:
+    def __init__(self, settings: Settings, fingerprinted: dict[int, tuple[str, Fingerprint]]) -> None:
         self.threshold = settings.dedupe_threshold
         self.reissue_window = timedelta(days=settings.dedupe_reissue_days)
-        self.fingerprinted = fingerprinted or {}
+        self.fingerprinted = fingerprinted
         self.decisions: dict[int, Decision] = {}
 
     def _fingerprint(self, article: Article) -> Fingerprint:
