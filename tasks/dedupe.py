@@ -458,7 +458,7 @@ def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
             select(Article.id, Article.text)
             .where(Article.id.in_(article_ids), Article.stage == "dedupe", Article.status == PENDING)
         ).all()
-    fingerprinted = {article_id: (text or "", fingerprint(text or "")) for article_id, text in texts}
+    fingerprinted = {article_id: (body or "", fingerprint(body or "")) for article_id, body in texts}
     batch = DedupeBatch(settings, fingerprinted)
     return run_article_stage(settings, "dedupe", article_ids, batch.apply, prepare=batch.prepare)
 
