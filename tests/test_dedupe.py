@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from schemas.db import session_scope
 from schemas.models import PENDING, Article, MinhashBand, MinhashSignature, utcnow
@@ -95,6 +99,34 @@ def test_band_keys_are_the_same_in_every_process() -> None:
         env={"PYTHONHASHSEED": "12345", "PATH": ""}, cwd=ROOT,
     ).stdout
     assert there.strip() == str(here)
+
+
+#: Signatures and band keys computed by the code that built existing indexes (sha256 of their
+#: bytes): a faster fingerprint must reproduce them bit for bit, or stored rows stop matching.
+_PINNED = {
+    "Ministers said on Tuesday that the Café's new tax rules, set out in 2024, would cost £3bn a year.": (
+        {2: "f29291bf725bdd79e8f583421aaba08a232febfb79b4c9da66b931f466e86147",
+         3: "6aeb70e039b32a05a336f2231fb57813f0c9fc312030e963e31428f9a067c4d3"},
+        "648d57c032ad66e907c6bd802fbee2e4e3d97842a412419e1e4a32182aa6ede0",
+    ),
+    " ".join(f"word{i % 37} Zeitung_{i % 11} ÉCOLE{i % 5}" for i in range(120)): (
+        {3: "c916776621883fb7d2976b8e6bf56eb3216994727baaaaacc85b26574d263fd4"},
+        "aeb3ee2faa9fb7f80224af1dffe172dc306f47cada932119c05021f4e23caa70",
+    ),
+    "The fox's 'quick' jump — ﬁne ① Ｆｕｌｌ width, straße & STRASSE; naïve coöperation " * 6: (
+        {2: "5231f239bc24f8ec655b668022c4bfb878b908596c19ef95fef29806da02f603",
+         3: "c8402cd7098344cc11b536c89580f302b7de8d099433a8e0020ca7f501e4801b"},
+        "08ec8d98c819b522e19d59500570317aa16819711e2fa320d2efb99efe624fc1",
+    ),
+}
+
+
+@pytest.mark.parametrize("text", list(_PINNED))
+def test_signatures_and_band_keys_match_the_stored_index(text: str) -> None:
+    signatures, bands = _PINNED[text]
+    fp = fingerprint(text)
+    assert {size: hashlib.sha256(sig.tobytes()).hexdigest() for size, sig in fp.signatures.items()} == signatures
+    assert hashlib.sha256(np.array(fp.band_keys, dtype=np.int64).tobytes()).hexdigest() == bands
 
 
 def test_band_keys_collide_for_copies_and_differ_by_shingle_size() -> None:
@@ -243,6 +275,41 @@ def test_redelivered_batch_changes_nothing(settings: Settings) -> None:
     assert rows(settings, *ids) == before
     with session_scope(settings) as session:
         assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2
+
+
+def test_fingerprints_are_computed_outside_the_write_lock(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other workers can write while a batch hashes; a text changed meanwhile is hashed again."""
+    settings = sqlite_settings
+    feed, other_feed = add_feed(settings, "https://a.example/feed"), add_feed(settings, "https://b.example/feed")
+    text = story(200)
+    first = add_article(settings, feed, text)
+    run_dedupe(settings, [first])
+    later = add_article(settings, other_feed, story(200))
+    path = make_url(settings.database_url).database
+    lock_was_free: dict[str, bool] = {}
+
+    def fingerprint_and_probe(article_text: str):
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # raises "database is locked" while a writer holds it
+            if not lock_was_free:  # the batch's read is done: the article is revised now
+                other.execute("UPDATE articles SET text = ? WHERE id = ?", (edited(text), later))
+            other.execute("COMMIT")
+            lock_was_free[article_text] = True
+        except sqlite3.OperationalError:
+            lock_was_free[article_text] = False
+        finally:
+            other.close()
+        return fingerprint(article_text)
+
+    monkeypatch.setattr("tasks.dedupe.fingerprint", fingerprint_and_probe)
+    assert run_dedupe(settings, [later]) == [later]
+    assert list(lock_was_free.values()) == [True, False]  # the read text, then the revised one inside
+    assert rows(settings, later) == [(first, first, NEAR)]
+    with session_scope(settings) as session:
+        assert session.get(Article, later).content_hash == content_fingerprint(edited(text))
 
 
 def _parse_and_clean(settings: Settings, feed_id: int, document: str) -> list[int]:
