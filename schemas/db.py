@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -95,6 +95,17 @@ def session_scope(settings: Settings, *, read_only: bool = False) -> Iterator[Se
             yield session
     finally:
         session.close()
+
+
+def relaxed_commit(session: Session) -> None:
+    """On PostgreSQL, let this transaction's COMMIT return without waiting for its WAL flush.
+
+    Only for transactions whose loss in a database crash (the last fraction of a second before
+    it; never a partial transaction) is repaired by redoing the work, such as a fetch: a flush
+    costs about 5 ms here, a 304 commits twice. SQLite (WAL, synchronous=NORMAL) never waits.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit = off"))
 
 
 def insert_for(session: Session, table: Any) -> Any:

@@ -20,7 +20,7 @@ from celery import shared_task
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from schemas.db import session_scope
+from schemas.db import relaxed_commit, session_scope
 from schemas.models import (
     POLL_DEFERRED,
     POLL_ERROR,
@@ -93,6 +93,7 @@ def run_fetch(settings: Settings, poll_id: int) -> FetchStep:
     other frees the slot and records the outcome.
     """
     with session_scope(settings) as session:
+        relaxed_commit(session)  # lost in a database crash, the poll is claimed and fetched again
         poll, feed = poll_and_feed(session, poll_id)
         if poll is None or poll.status != POLL_QUEUED:
             # Redelivered after it was recorded: hand on to parse again only if unparsed.
@@ -112,6 +113,7 @@ def run_fetch(settings: Settings, poll_id: int) -> FetchStep:
         # No autoflush: the publishing-rate count would otherwise flush the feed half-updated,
         # and it would be written twice; this way the poll and the feed are one UPDATE each.
         with session_scope(settings) as session, session.no_autoflush:
+            relaxed_commit(session)
             drop_host_slot(session, claim.slot_id)
             return FetchStep(parse=record_fetch(session, settings, poll_id, result, duration_ms))
     except BaseException:
