@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from queue import Empty
 
 from kombu import Connection
 
+from schemas.settings import Settings
+from tests.conftest import WorkerProcess, use_broker
+
 TRANSPORT = "workers.embedded_broker:Transport"
+LOG_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+):")
 
 
 def _connection(folder: str) -> Connection:
@@ -57,3 +66,29 @@ def test_concurrent_producers_and_consumers_lose_and_double_nothing(tmp_path: Pa
         process.join(30)
     assert sorted(delivered) == list(range(600))
     assert list((tmp_path / "queue").iterdir()) == []
+
+
+def test_worker_takes_next_message_soon_after_a_task(
+    sqlite_settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """With one pool process its prefetch window is full while a task runs, and kombu then sleeps its
+    polling interval: the gap between one task's end and the next one's receipt is that sleep."""
+    from tasks.fetch import fetch_task
+
+    worker = start_worker(sqlite_settings, concurrency=1, queues="fetch")
+    use_broker(sqlite_settings)
+    for poll_id in range(1_000_000, 1_000_040):  # no such polls: each task returns at once
+        fetch_task.delay({"poll_id": poll_id})
+    deadline = time.monotonic() + 60
+    while worker.output().count("succeeded in") < 40:
+        assert time.monotonic() < deadline, worker.output()
+        time.sleep(0.2)
+    events = [(LOG_TIME.match(line), line) for line in worker.output().splitlines() if "feedmill.fetch[" in line]
+    stamps = [(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), "succeeded" in line) for m, line in events if m]
+    gaps = [
+        (after - before).total_seconds()
+        for (before, done), (after, next_done) in zip(stamps, stamps[1:])
+        if done and not next_done
+    ]
+    assert len(gaps) >= 30
+    assert statistics.median(gaps) < 0.05, gaps

@@ -6,7 +6,8 @@ import dataclasses
 import gzip
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, text
+from sqlalchemy.engine import Engine
 
 from schemas.db import session_scope
 from schemas.models import POLL_ERROR, POLL_FETCHED, POLL_NOT_MODIFIED, Feed, Poll
@@ -144,3 +145,28 @@ def test_run_fetch_not_modified(publisher: Publisher, sqlite_settings: Settings)
     assert run_fetch(sqlite_settings, poll_id) == FetchStep(parse=False)
     with session_scope(sqlite_settings) as session:
         assert session.get(Poll, poll_id).status == POLL_NOT_MODIFIED
+
+
+def test_fetch_transactions_skip_the_wal_flush_and_only_they(publisher: Publisher, settings: Settings) -> None:
+    """A 304 commits twice; on PostgreSQL neither waits for the disk, and no other transaction is relaxed."""
+    url = publisher.add("/feed.xml", FEED)
+    with session_scope(settings) as session:
+        session.add(Feed(url=url))
+    settings = dataclasses.replace(settings, allow_private_networks=True, host_min_interval=0.0)
+    seen: list[str] = []
+
+    def on_statement(conn, cursor, statement, *_):  # noqa: ANN001, ANN202
+        if statement.startswith(("SELECT", "UPDATE", "DELETE", "INSERT")) and conn.dialect.name == "postgresql":
+            seen.append(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+
+    (poll_id,) = claim_feeds(settings, due_only=False)
+    event.listen(Engine, "before_cursor_execute", on_statement)
+    try:
+        run_fetch(settings, poll_id)
+    finally:
+        event.remove(Engine, "before_cursor_execute", on_statement)
+    with session_scope(settings) as session:
+        if session.get_bind().dialect.name == "postgresql":
+            assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
+            assert seen and set(seen) == {"off"}
+        assert session.get(Poll, poll_id).status == POLL_FETCHED

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -103,3 +104,23 @@ def test_run_once_resends_work_whose_messages_were_lost(
     summary = outcome[0]
     assert summary.articles_new == 2 and summary.articles_done == 2
     assert publisher.hits("/seed.xml") == 1
+
+
+def test_progress_checks_do_not_hold_sqlite_write_lock(sqlite_settings: Settings) -> None:
+    """`run --once` checks progress while workers write: its read must not make them wait."""
+    feed_id = add_feed(sqlite_settings, "https://example.org/feed")
+    written = threading.Event()
+
+    def write() -> None:
+        with session_scope(sqlite_settings) as session:
+            session.get(Feed, feed_id).title = "renamed"
+        written.set()
+
+    with session_scope(sqlite_settings, read_only=True) as session:
+        assert session.get(Feed, feed_id).title is None
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert written.wait(10), "a write waited for a read-only transaction"
+    writer.join()
+    with session_scope(sqlite_settings, read_only=True) as session:
+        assert session.get(Feed, feed_id).title == "renamed"

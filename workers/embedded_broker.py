@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from functools import cached_property
 from queue import Empty
 from time import monotonic
 from typing import Any
@@ -36,14 +37,18 @@ class Channel(filesystem.Channel):
             message.write(str_to_bytes(dumps(payload)))
         os.replace(final + WRITING, final)
 
+    @cached_property
+    def _claimed_folder(self) -> str:
+        folder = os.path.join(os.path.dirname(self.data_folder_in.rstrip("/")), "claimed")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
     def _get(self, queue: str) -> Any:
+        # Called for every queue at every poll, and the folder holds every queue's messages:
+        # sort only this queue's names, oldest first.
         wanted = f"{queue}.msg"
-        claimed_folder = os.path.join(os.path.dirname(self.data_folder_in.rstrip("/")), "claimed")
-        os.makedirs(claimed_folder, exist_ok=True)
-        for name in sorted(os.listdir(self.data_folder_in)):
-            if name.partition(".")[2] != wanted:
-                continue
-            claimed = os.path.join(claimed_folder, f"{os.getpid()}-{name}")
+        for name in sorted(name for name in os.listdir(self.data_folder_in) if name.partition(".")[2] == wanted):
+            claimed = os.path.join(self._claimed_folder, f"{os.getpid()}-{name}")
             try:
                 os.rename(os.path.join(self.data_folder_in, name), claimed)
             except OSError:
