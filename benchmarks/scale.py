@@ -70,46 +70,86 @@ def store_mb(database_url: str) -> float:
 def memory_now(worker_pid: int) -> dict[str, object]:
     """RSS and USS (pages no other process shares) of the Celery main process and each pool process."""
     main = psutil.Process(worker_pid)
-    processes = {"main": main, **{f"pool-{child.pid}": child for child in main.children(recursive=True)}}
-    result: dict[str, object] = {}
-    for name, process in processes.items():
-        info = process.memory_full_info()
-        result[name] = {"pid": process.pid, "rss_mb": round(info.rss / MiB, 1), "uss_mb": round(info.uss / MiB, 1)}
+    children = main.children(recursive=True)
+    pool = [child.memory_full_info() for child in children]
+    main_info = main.memory_full_info()
+    return {
+        "main_rss_mb": round(main_info.rss / MiB, 1),
+        "main_uss_mb": round(main_info.uss / MiB, 1),
+        "pool_rss_mb": [round(info.rss / MiB, 1) for info in pool],
+        "pool_uss_mb": [round(info.uss / MiB, 1) for info in pool],
+        "pool_pids": [child.pid for child in children],
+    }
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User and system CPU seconds of each process still alive."""
+    result = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            result[pid] = times.user + times.system
     return result
 
 
-def measure_round(env: dict[str, str], worker_pid: int, log_path: Path, urls: list[str], previous: list[str]) -> dict:
-    """One round: pause the previous round's feeds, add this round's, run them once; then the checkpoint."""
+def database_pids(database_url: str) -> list[int]:
+    """PostgreSQL's server processes serving this database (the workers' pooled connections)."""
+    if database_url.startswith("sqlite"):
+        return []  # SQLite works inside the worker processes
+    import psycopg
+
+    with psycopg.connect(database_url) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two samples by the processes in both."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+
+
+def measure_round(
+    env: dict[str, str], worker_pid: int, log_path: Path, urls: list[str], previous: list[str]
+) -> dict:
+    """One round: pause the previous round's feeds, add this round's, run them once; then the checkpoint.
+
+    Besides wall time it counts the CPU time of the worker's processes and of PostgreSQL's server
+    processes for the worker's connections: on a machine shared with other work, CPU per article
+    is far less moved by the load than entries/s."""
     if previous:
         feedmill(env, "feeds", "pause", *previous)
     feedmill(env, "feeds", "add", *urls)
     log_offset = log_path.stat().st_size
+    workers = [worker_pid, *(child.pid for child in psutil.Process(worker_pid).children(recursive=True))]
+    database = database_pids(env["FEEDMILL_DATABASE_URL"])
+    cpu_before = cpu_seconds(workers), cpu_seconds(database)
     sampler = MemorySampler(worker_pid)
     summary = run_once(env)
     time.sleep(1.0)  # the last task's "succeeded" line follows its commit, which run --once waits for
     sampler.stop()
+    worker_cpu = cpu_used(cpu_before[0], cpu_seconds(workers))
+    database_cpu = cpu_used(cpu_before[1], cpu_seconds(database))
     with open(log_path, "rb") as log:
         log.seek(log_offset)
         round_log = log.read().decode(errors="replace")
     entries = summary["articles_new"]
-    now = memory_now(worker_pid)
-    pool = [value for name, value in now.items() if name != "main"]
+    per_entry = 1000 / entries if entries else 0.0
     return {
         "feeds": summary["feeds_polled"],
         "entries": entries,
         "seconds": summary["seconds"],
         "entries_per_second": round(entries / summary["seconds"], 1),
-        "ms_per_article": round(1000 * summary["seconds"] / entries, 3) if entries else 0.0,
+        "ms_per_article": round(summary["seconds"] * per_entry, 3),
+        "worker_cpu_ms_per_article": round(worker_cpu * per_entry, 3),
+        "database_cpu_ms_per_article": round(database_cpu * per_entry, 3),
         "failed": summary["articles_failed"],
         "feed_errors": summary["feed_errors"],
         "duplicates_found": summary["duplicates"],
         "stages": stages_from_log(round_log, entries),
         "memory": {
-            "main_rss_mb": now["main"]["rss_mb"],  # type: ignore[index]
-            "main_uss_mb": now["main"]["uss_mb"],  # type: ignore[index]
-            "pool_rss_mb": [process["rss_mb"] for process in pool],  # type: ignore[index]
-            "pool_uss_mb": [process["uss_mb"] for process in pool],  # type: ignore[index]
-            "pool_pids": [process["pid"] for process in pool],  # type: ignore[index]
+            **memory_now(worker_pid),
             "peak_main_rss_mb": round(sampler.peaks.get(worker_pid, 0) / MiB, 1),
             "peak_pool_rss_mb": round(max((v for k, v in sampler.peaks.items() if k != worker_pid), default=0) / MiB, 1),
         },
@@ -165,7 +205,8 @@ def ratios(first: dict, last: dict) -> dict[str, float | None]:
     def ratio(new: float, old: float) -> float | None:
         return round(new / old, 3) if old else None
 
-    result = {"ms_per_article": ratio(last["ms_per_article"], first["ms_per_article"])}
+    result = {name: ratio(last[name], first[name])
+              for name in ("ms_per_article", "worker_cpu_ms_per_article", "database_cpu_ms_per_article")}
     for stage in STAGES:
         result[f"{stage}_median_ms"] = ratio(last["stages"][stage]["median_ms"], first["stages"][stage]["median_ms"])
     result["stages_median_sum_ms"] = ratio(
@@ -185,12 +226,13 @@ def print_report(report: dict) -> None:
           f"machine: {report['machine']['cores']} cores, load at start {report['machine']['load_average_at_start']}")
     for backend, run in report["runs"].items():
         print(f"\n{backend} ({run['concurrency']} pool processes, recycling {run['recycling']}); "
-              "ms per article: median over the round's tasks; RSS/USS MB after the round")
-        print(f"{'stored':>7}{'ent/s':>7}{'ms/art':>8}" + "".join(f"{s:>9}" for s in STAGES)
+              "ms per article: wall, CPU of workers/database, each stage's median task; RSS/USS MB after the round")
+        print(f"{'stored':>7}{'ent/s':>7}{'ms/art':>8}{'cpu w/db':>11}" + "".join(f"{s:>9}" for s in STAGES)
               + f"{'main RSS':>9}{'pool RSS':>14}{'pool USS':>14}{'DB MB':>8}{'load 1/5':>11}")
         for c in run["checkpoints"]:
             memory = c["memory"]
-            print(f"{c['stored']:>7}{c['entries_per_second']:>7.0f}{c['ms_per_article']:>8.2f}"
+            cpu = f"{c['worker_cpu_ms_per_article']:.2f}/{c['database_cpu_ms_per_article']:.2f}"
+            print(f"{c['stored']:>7}{c['entries_per_second']:>7.0f}{c['ms_per_article']:>8.2f}{cpu:>11}"
                   + "".join(f"{c['stages'][s]['median_ms']:>9.3f}" for s in STAGES)
                   + f"{memory['main_rss_mb']:>9.0f}{'/'.join(f'{v:.0f}' for v in memory['pool_rss_mb']):>14}"
                   + f"{'/'.join(f'{v:.0f}' for v in memory['pool_uss_mb']):>14}{c['store_mb']:>8.0f}"
