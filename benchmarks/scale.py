@@ -105,6 +105,21 @@ def database_pids(database_url: str) -> list[int]:
     return [pid for (pid,) in rows]
 
 
+def blocks_read(database_url: str) -> dict[str, int]:
+    """Per table, PostgreSQL's blocks read from outside shared_buffers so far (heap, indexes, TOAST):
+    counts, not times, so a table whose working set outgrows the cache shows on a busy machine too."""
+    if database_url.startswith("sqlite"):
+        return {}
+    import psycopg
+
+    with psycopg.connect(database_url) as connection:
+        rows = connection.execute(
+            "SELECT relname, coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0)"
+            " + coalesce(toast_blks_read, 0) + coalesce(tidx_blks_read, 0) FROM pg_statio_user_tables"
+        ).fetchall()
+    return dict(rows)
+
+
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds used between two samples by the processes in both."""
     return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
@@ -125,12 +140,15 @@ def measure_round(
     workers = [worker_pid, *(child.pid for child in psutil.Process(worker_pid).children(recursive=True))]
     database = database_pids(env["FEEDMILL_DATABASE_URL"])
     cpu_before = cpu_seconds(workers), cpu_seconds(database)
+    blocks_before = blocks_read(env["FEEDMILL_DATABASE_URL"])
     sampler = MemorySampler(worker_pid)
     summary = run_once(env)
     time.sleep(1.0)  # the last task's "succeeded" line follows its commit, which run --once waits for
     sampler.stop()
     worker_cpu = cpu_used(cpu_before[0], cpu_seconds(workers))
     database_cpu = cpu_used(cpu_before[1], cpu_seconds(database))
+    blocks = {table: count - blocks_before.get(table, 0)
+              for table, count in blocks_read(env["FEEDMILL_DATABASE_URL"]).items()}
     with open(log_path, "rb") as log:
         log.seek(log_offset)
         round_log = log.read().decode(errors="replace")
@@ -144,6 +162,9 @@ def measure_round(
         "ms_per_article": round(summary["seconds"] * per_entry, 3),
         "worker_cpu_ms_per_article": round(worker_cpu * per_entry, 3),
         "database_cpu_ms_per_article": round(database_cpu * per_entry, 3),
+        "database_blocks_read_per_article": {
+            table: round(count * per_entry / 1000, 2) for table, count in sorted(blocks.items()) if count
+        },
         "failed": summary["articles_failed"],
         "feed_errors": summary["feed_errors"],
         "duplicates_found": summary["duplicates"],
@@ -226,15 +247,16 @@ def print_report(report: dict) -> None:
           f"machine: {report['machine']['cores']} cores, load at start {report['machine']['load_average_at_start']}")
     for backend, run in report["runs"].items():
         print(f"\n{backend} ({run['concurrency']} pool processes, recycling {run['recycling']}); "
-              "ms per article: wall, CPU of workers/database, each stage's median task; RSS/USS MB after the round")
+              "ms per article: wall, CPU of workers/database, each stage's median task; "
+              "PostgreSQL blocks read per article; RSS/USS MB after the round")
         print(f"{'stored':>7}{'ent/s':>7}{'ms/art':>8}{'cpu w/db':>11}" + "".join(f"{s:>9}" for s in STAGES)
-              + f"{'main RSS':>9}{'pool RSS':>14}{'pool USS':>14}{'DB MB':>8}{'load 1/5':>11}")
+              + f"{'DB blk/art':>11}{'main RSS':>9}{'pool RSS':>14}{'pool USS':>14}{'DB MB':>8}{'load 1/5':>11}")
         for c in run["checkpoints"]:
             memory = c["memory"]
             cpu = f"{c['worker_cpu_ms_per_article']:.2f}/{c['database_cpu_ms_per_article']:.2f}"
             print(f"{c['stored']:>7}{c['entries_per_second']:>7.0f}{c['ms_per_article']:>8.2f}{cpu:>11}"
                   + "".join(f"{c['stages'][s]['median_ms']:>9.3f}" for s in STAGES)
-                  + f"{memory['main_rss_mb']:>9.0f}{'/'.join(f'{v:.0f}' for v in memory['pool_rss_mb']):>14}"
+                  + f"{sum(c['database_blocks_read_per_article'].values()):>11.1f}{memory['main_rss_mb']:>9.0f}{'/'.join(f'{v:.0f}' for v in memory['pool_rss_mb']):>14}"
                   + f"{'/'.join(f'{v:.0f}' for v in memory['pool_uss_mb']):>14}{c['store_mb']:>8.0f}"
                   + f"{c['load_average'][0]:>6.1f}/{c['load_average'][1]:<4.1f}"
                   + (" pool replaced" if c["pool_replaced"] else ""))
