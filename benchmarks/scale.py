@@ -106,8 +106,9 @@ def database_pids(database_url: str) -> list[int]:
 
 
 def blocks_read(database_url: str) -> dict[str, int]:
-    """Per table, PostgreSQL's blocks read from outside shared_buffers so far (heap, indexes, TOAST):
-    counts, not times, so a table whose working set outgrows the cache shows on a busy machine too."""
+    """Per table, PostgreSQL's blocks read from outside shared_buffers so far (heap, indexes, TOAST),
+    and ``(autovacuum)``, the autovacuum and autoanalyze passes (whose reads count too): counts, not
+    times, so a table whose working set outgrows the cache shows on a busy machine too."""
     if database_url.startswith("sqlite"):
         return {}
     import psycopg
@@ -117,7 +118,10 @@ def blocks_read(database_url: str) -> dict[str, int]:
             "SELECT relname, coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0)"
             " + coalesce(toast_blks_read, 0) + coalesce(tidx_blks_read, 0) FROM pg_statio_user_tables"
         ).fetchall()
-    return dict(rows)
+        passes = connection.execute(
+            "SELECT sum(autovacuum_count + autoanalyze_count) FROM pg_stat_user_tables"
+        ).fetchone()[0]
+    return {**dict(rows), "(autovacuum)": int(passes or 0)}
 
 
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
@@ -163,8 +167,10 @@ def measure_round(
         "worker_cpu_ms_per_article": round(worker_cpu * per_entry, 3),
         "database_cpu_ms_per_article": round(database_cpu * per_entry, 3),
         "database_blocks_read_per_article": {
-            table: round(count * per_entry / 1000, 2) for table, count in sorted(blocks.items()) if count
+            table: round(count * per_entry / 1000, 2)
+            for table, count in sorted(blocks.items()) if count and table != "(autovacuum)"
         },
+        "database_autovacuum_passes": blocks.get("(autovacuum)", 0),
         "failed": summary["articles_failed"],
         "feed_errors": summary["feed_errors"],
         "duplicates_found": summary["duplicates"],
