@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py [--feeds 2000] [--entries 50] [--rounds 10]
         [--corpus ../shared/data/bbc] [--backends postgres+redis,embedded] [--concurrency 2]
-        [--warmup 8] [--analyze] [--keep-recycling] [--workdir DIR] [--json]
+        [--warmup 8] [--keep-recycling] [--workdir DIR] [--json]
 
 The feeds (``corpus.py``, served by ``publisher.py``, as ``pipeline.py`` does)
 are split into rounds. One ``feedmill worker`` runs for the whole measurement;
@@ -124,17 +124,6 @@ def blocks_read(database_url: str) -> dict[str, int]:
     return {**dict(rows), "(autovacuum)": int(passes or 0)}
 
 
-def postgres(database_url: str, statement: str) -> object:
-    """One statement's first value (None on SQLite); autocommit, as ANALYZE may not run in a transaction block."""
-    if database_url.startswith("sqlite"):
-        return None
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        row = connection.execute(statement).fetchone()
-    return row[0] if row else None
-
-
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds used between two samples by the processes in both."""
     return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
@@ -208,8 +197,6 @@ def run_backend(backend: str, urls: list[str], args: argparse.Namespace, home: P
             env |= {"CELERY_WORKER_MAX_TASKS_PER_CHILD": NO_RECYCLING, "FEEDMILL_WORKER_MAX_MEMORY_KB": "0"}
         log_path = home / "worker.log"
         worker, startup = start_worker(env, args.concurrency, log_path)
-        # Off, no table is ever analyzed and the planner may scan whole tables (see --analyze).
-        autovacuum = postgres(database_url, "SHOW autovacuum")
         try:
             warm = measure_round(env, worker.pid, log_path, warmup, []) if warmup else None
             stored = warm["entries"] if warm else 0
@@ -224,8 +211,6 @@ def run_backend(backend: str, urls: list[str], args: argparse.Namespace, home: P
                               "pool_replaced": previous_pids is not None and pids != previous_pids, **checkpoint}
                 previous_pids = pids
                 checkpoints.append(checkpoint)
-                if args.analyze:
-                    postgres(database_url, "ANALYZE")
                 print(f"{backend}: round {number + 1}/{args.rounds}, {stored} stored, "
                       f"{checkpoint['entries_per_second']} entries/s, load {checkpoint['load_average']}",
                       file=sys.stderr)
@@ -234,8 +219,6 @@ def run_backend(backend: str, urls: list[str], args: argparse.Namespace, home: P
     return {
         "worker_start_seconds": round(startup, 2),
         "concurrency": args.concurrency,
-        "postgres_autovacuum": autovacuum,
-        "analyze_after_each_round": args.analyze,
         "recycling": "feedmill's settings" if args.keep_recycling else "off (max tasks per child, max memory)",
         "warmup": warm,
         "checkpoints": checkpoints,
@@ -269,8 +252,7 @@ def print_report(report: dict) -> None:
           f"({corpus['text']} text): {report['warmup']} feeds to warm up, then {report['rounds']} rounds; "
           f"machine: {report['machine']['cores']} cores, load at start {report['machine']['load_average_at_start']}")
     for backend, run in report["runs"].items():
-        print(f"\n{backend} ({run['concurrency']} pool processes, recycling {run['recycling']}, PostgreSQL "
-              f"autovacuum {run['postgres_autovacuum']}, ANALYZE after each round {run['analyze_after_each_round']}); "
+        print(f"\n{backend} ({run['concurrency']} pool processes, recycling {run['recycling']}); "
               "ms per article: wall, CPU of workers/database, each stage's median task; "
               "PostgreSQL blocks read per article; RSS/USS MB after the round")
         print(f"{'stored':>7}{'ent/s':>7}{'ms/art':>8}{'cpu w/db':>11}" + "".join(f"{s:>9}" for s in STAGES)
@@ -296,8 +278,6 @@ def main() -> None:
     parser.add_argument("--backends", default="postgres+redis", help="comma-separated: postgres+redis, embedded")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2, help="worker pool processes")
     parser.add_argument("--warmup", type=int, default=8, help="feeds of a first round left out of the checkpoints")
-    parser.add_argument("--analyze", action="store_true",
-                        help="PostgreSQL: ANALYZE after each round, as autovacuum would (for servers with it off)")
     parser.add_argument("--keep-recycling", action="store_true", help="leave Celery's pool process recycling on")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, help="keep databases and worker logs here (default: a temporary folder)")
