@@ -58,3 +58,47 @@ def test_postgres_and_redis() -> None:
     require_service("Redis", _redis_reachable)
     report = harness("--backends", "postgres+redis", "--no-reader")
     check_feedmill_run(report["runs"]["postgres+redis"], report["corpus"]["planted_duplicates"])
+
+
+def scale(*args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--feeds", "4", "--entries", "3", "--rounds", "2",
+         "--warmup", "2", "--concurrency", "2", "--json", *args],
+        env={**os.environ, "FEEDMILL_BENCH_REDIS_URL": REDIS_URL, "FEEDMILL_TEST_POSTGRES_URL": POSTGRES_ADMIN_URL},
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def check_scale_run(run: dict) -> None:
+    assert run["warmup"]["entries"] == 2 * 3
+    assert [c["stored"] for c in run["checkpoints"]] == [12, 18]  # each round only its new feeds' entries
+    for checkpoint in run["checkpoints"]:
+        assert checkpoint["feeds"] == 2 and checkpoint["entries"] == 6 and checkpoint["failed"] == 0
+        for stage in ("fetch", "parse", "clean", "dedupe", "classify"):
+            assert checkpoint["stages"][stage]["tasks"] >= 1
+        memory = checkpoint["memory"]
+        assert memory["main_rss_mb"] > 0 and len(memory["pool_rss_mb"]) == 2
+        assert checkpoint["pool_replaced"] is False  # recycling is off for the measurement
+        assert checkpoint["store_mb"] > 0 and len(checkpoint["load_average"]) == 3
+    assert run["checkpoints"][1]["store_mb"] >= run["checkpoints"][0]["store_mb"]
+    assert run["checkpoints"][0]["worker_cpu_ms_per_article"] > 0
+    assert set(run["ratios"]) >= {"ms_per_article", "worker_cpu_ms_per_article", "dedupe_median_ms", "main_rss",
+                                  "pool_rss_max"}
+    assert all(value > 0 for name, value in run["ratios"].items() if name != "database_cpu_ms_per_article")
+
+
+def test_scale_embedded() -> None:
+    report = scale("--backends", "embedded")
+    check_scale_run(report["runs"]["embedded"])
+
+
+@pytest.mark.integration
+def test_scale_postgres_and_redis() -> None:
+    require_service("PostgreSQL", _postgres_reachable)
+    require_service("Redis", _redis_reachable)
+    report = scale("--backends", "postgres+redis")
+    run = report["runs"]["postgres+redis"]
+    check_scale_run(run)
+    assert run["checkpoints"][0]["database_cpu_ms_per_article"] > 0
