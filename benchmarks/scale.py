@@ -22,14 +22,17 @@ past that: either would hide growth, so both are turned off for the measurement
 (``CELERY_WORKER_MAX_TASKS_PER_CHILD``, read by ``celery worker``) unless
 ``--keep-recycling``; a change of pool process ids between checkpoints is reported.
 
-PostgreSQL plans dedupe's lookups from the statistics autovacuum gathers. On a
-server with ``autovacuum = off`` (this project's test machines) the tables are
-never analyzed, the planner guesses that a lookup of 50 hashes matches a third of
-``articles`` and scans the whole table, and the cost per article grows with the
-store. Such a server is not a production one, so there the script runs
-``ANALYZE`` after each checkpoint, outside the measured time, as autovacuum's
-autoanalyze would (it analyzes a table once a tenth of it has changed; each
-round adds at least that); ``--no-analyze`` measures the server as it is.
+PostgreSQL relies on autovacuum for two things the store needs as it grows:
+statistics, from which it plans dedupe's lookups, and the reuse of the space of
+the row versions every stage's UPDATE leaves behind. On a server with
+``autovacuum = off`` (this project's test machines) the tables are never
+analyzed, the planner guesses that a lookup of 50 hashes matches a third of
+``articles`` and scans the whole table, and ``articles`` swells with dead rows:
+the cost per article grows with the store. Such a server is not a production
+one, so there the script runs ``VACUUM ANALYZE`` after each checkpoint, outside
+the measured time, as autovacuum would (it vacuums a table once a fifth of its
+rows are dead and analyzes it once a tenth has changed; each round changes at
+least that); ``--no-analyze`` measures the server as it is.
 """
 
 from __future__ import annotations
@@ -142,13 +145,13 @@ def autovacuum_is_on(database_url: str) -> bool:
         return connection.execute("SHOW autovacuum").fetchone()[0] == "on"
 
 
-def analyze(database_url: str) -> float:
-    """ANALYZE the whole database, as autovacuum's autoanalyze would; seconds taken."""
+def vacuum_analyze(database_url: str) -> float:
+    """VACUUM ANALYZE the whole database, as autovacuum would; seconds taken."""
     import psycopg
 
     started = time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as connection:
-        connection.execute("ANALYZE")
+        connection.execute("VACUUM ANALYZE")
     return round(time.monotonic() - started, 2)
 
 
@@ -240,7 +243,7 @@ def run_backend(backend: str, urls: list[str], args: argparse.Namespace, home: P
                               "pool_replaced": previous_pids is not None and pids != previous_pids, **checkpoint}
                 previous_pids = pids
                 if stand_in_for_autovacuum:
-                    checkpoint["analyze_seconds"] = analyze(database_url)
+                    checkpoint["vacuum_analyze_seconds"] = vacuum_analyze(database_url)
                 checkpoints.append(checkpoint)
                 print(f"{backend}: round {number + 1}/{args.rounds}, {stored} stored, "
                       f"{checkpoint['entries_per_second']} entries/s, load {checkpoint['load_average']}",
@@ -251,7 +254,7 @@ def run_backend(backend: str, urls: list[str], args: argparse.Namespace, home: P
         "worker_start_seconds": round(startup, 2),
         "concurrency": args.concurrency,
         "recycling": "feedmill's settings" if args.keep_recycling else "off (max tasks per child, max memory)",
-        "statistics": ("ANALYZE after each checkpoint (the server's autovacuum is off)" if stand_in_for_autovacuum
+        "maintenance": ("VACUUM ANALYZE after each checkpoint (the server's autovacuum is off)" if stand_in_for_autovacuum
                        else "the server's own (autovacuum on, or --no-analyze)"),
         "warmup": warm,
         "checkpoints": checkpoints,
@@ -286,7 +289,7 @@ def print_report(report: dict) -> None:
           f"machine: {report['machine']['cores']} cores, load at start {report['machine']['load_average_at_start']}")
     for backend, run in report["runs"].items():
         print(f"\n{backend} ({run['concurrency']} pool processes, recycling {run['recycling']}; "
-              f"statistics: {run['statistics']}); "
+              f"maintenance: {run['maintenance']}); "
               "ms per article: wall, CPU of workers/database, each stage's median task; "
               "PostgreSQL blocks read per article; RSS/USS MB after the round")
         print(f"{'stored':>7}{'ent/s':>7}{'ms/art':>8}{'cpu w/db':>11}" + "".join(f"{s:>9}" for s in STAGES)
@@ -314,7 +317,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8, help="feeds of a first round left out of the checkpoints")
     parser.add_argument("--keep-recycling", action="store_true", help="leave Celery's pool process recycling on")
     parser.add_argument("--no-analyze", dest="analyze", action="store_false",
-                        help="on a PostgreSQL server with autovacuum off, do not ANALYZE after each checkpoint")
+                        help="on a PostgreSQL server with autovacuum off, do not VACUUM ANALYZE after each checkpoint")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, help="keep databases and worker logs here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true")
