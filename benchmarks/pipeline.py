@@ -442,6 +442,15 @@ def print_report(report: dict) -> None:
     print("\npeak RSS: main process / largest worker pool process (Celery runs)")
 
 
+def backend_names(parser: argparse.ArgumentParser, value: str) -> list[str]:
+    """The ``--backends`` list, or the parser's usage error for an unknown name."""
+    backends = [name for name in value.split(",") if name]
+    unknown = set(backends) - {"embedded", "postgres+redis"}
+    if unknown:
+        parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    return backends
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--feeds", type=int, default=200)
@@ -461,10 +470,7 @@ def main() -> None:
     if args.child:
         child_main(args.child, args.profile)
         return
-    backends = [name for name in args.backends.split(",") if name]
-    unknown = set(backends) - {"embedded", "postgres+redis"}
-    if unknown:
-        parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    backends = backend_names(parser, args.backends)
     report: dict[str, object] = {"machine": machine(), "command": " ".join(sys.argv)}
     publisher, urls, report["corpus"] = serve_corpus(args)
     runs: dict[str, dict] = {}

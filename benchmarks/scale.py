@@ -51,6 +51,7 @@ from pipeline import (
     STAGES,
     MemorySampler,
     MiB,
+    backend_names,
     backend_store,
     feedmill,
     feedmill_env,
@@ -197,6 +198,7 @@ def measure_round(
         "ms_per_article": round(summary["seconds"] * per_entry, 3),
         "worker_cpu_ms_per_article": round(worker_cpu * per_entry, 3),
         "database_cpu_ms_per_article": round(database_cpu * per_entry, 3),
+        "database_processes": len(database),
         "database_blocks_read_per_article": {
             table: round(count * per_entry / 1000, 2)
             for table, count in sorted(blocks.items()) if count and table != "(autovacuum)"
@@ -322,10 +324,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep databases and worker logs here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    backends = [name for name in args.backends.split(",") if name]
-    unknown = set(backends) - {"embedded", "postgres+redis"}
-    if unknown:
-        parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    backends = backend_names(parser, args.backends)
     if not 1 <= args.rounds <= args.feeds or args.feeds % args.rounds:
         parser.error("--rounds must divide --feeds")
     report: dict[str, object] = {"machine": machine(), "command": " ".join(sys.argv), "rounds": args.rounds,

@@ -101,7 +101,10 @@ def test_scale_postgres_and_redis() -> None:
     report = scale("--backends", "postgres+redis")
     run = report["runs"]["postgres+redis"]
     check_scale_run(run)
-    assert run["checkpoints"][0]["database_cpu_ms_per_article"] > 0
+    # PostgreSQL's server processes are measured (a tiny round may use less CPU there than the 10 ms
+    # a process's CPU time is counted in, so the figure itself may be 0).
+    for checkpoint in run["checkpoints"]:
+        assert checkpoint["database_processes"] >= 1 and checkpoint["database_cpu_ms_per_article"] >= 0
     # A server without autovacuum gets a VACUUM ANALYZE after each checkpoint, as autovacuum would give it.
     import psycopg
 
