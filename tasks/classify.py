@@ -1,7 +1,7 @@
 """Classify stage: the language, topics, countries, tags and drop decision of one article.
 
 The labelling is a pure function of (title, text) and, when the operator
-has them, a trained model and rules: no network. ``apply_classify`` and the
+has them, a trained model and rules: no network. ``classify_changes`` and the
 Celery task at the end are the thin layer that reads and writes the article
 row. The lexicon, the gazetteer and the language model are loaded once per
 process, on first use, and kept (``functools.cache``).
@@ -27,14 +27,15 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache, partial
+from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import ahocorasick
 from celery import shared_task
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
@@ -44,7 +45,7 @@ from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
 from tasks.classify_model import TopicModel, active_model
 from tasks.rules import CompiledRule, RuleOutcome, apply_rules, load_rules
-from tasks.store import run_article_stage
+from tasks.store import Changes, run_article_stage
 
 DATA_DIR = Path(__file__).parent / "data"
 TOPICS_FILE = DATA_DIR / "topics_lexicon.tsv"
@@ -340,8 +341,13 @@ def classify_article(title: str, text: str, model: TopicModel | None = None) -> 
     )
 
 
-def rule_fields(article: Article) -> dict[str, str]:
-    """The fields rules search, from the clean article."""
+#: What classify reads of an article: the clean fields its labels and the rules look at.
+CLASSIFY_COLUMNS = (Article.feed_id, Article.title, Article.text, Article.author, Article.url, Article.link,
+                    Article.raw_tags, Article.updated_at)
+
+
+def rule_fields(article: Any) -> dict[str, str]:
+    """The fields rules search, from the clean article (an Article or a row of ``CLASSIFY_COLUMNS``)."""
     return {
         "title": article.title or "",
         "text": article.text or "",
@@ -350,31 +356,46 @@ def rule_fields(article: Article) -> dict[str, str]:
     }
 
 
-def apply_article_rules(setup: ClassifySetup, article: Article) -> RuleOutcome:
+def apply_article_rules(setup: ClassifySetup, article: Any) -> RuleOutcome:
     return apply_rules(setup.rules, article.feed_id, rule_fields(article), article.raw_tags or ())
 
 
-def apply_classify(
-    _session: Session,
-    article: Article,
-    setup: ClassifySetup,
-    labelled: dict[int, tuple[str, str, Classification]] | None = None,
-) -> None:
-    """Label one stored article from its clean title and text, and apply the rules.
-
-    ``labelled`` holds labels computed ahead (by id, with the title and text they were
-    computed from); one is used only if the article still has that title and text.
-    """
+def classify_changes(setup: ClassifySetup, article: Any) -> Changes:
+    """What classify writes onto one article: its labels, and what the rules decided."""
     outcome = apply_article_rules(setup, article)
-    title, text = article.title or "", article.text or ""
-    ahead = (labelled or {}).get(article.id)
-    result = ahead[2] if ahead and ahead[:2] == (title, text) else classify_article(title, text, setup.model)
-    article.language = result.language
-    article.topics = [[label, score] for label, score in result.topics]
-    article.places = list(result.places)
-    article.classifier_version = setup.model.version if setup.model else None
-    article.tags = list(outcome.tags)
-    article.dropped_by = outcome.dropped_by
+    result = classify_article(article.title or "", article.text or "", setup.model)
+    return {
+        "language": result.language,
+        "topics": [[label, score] for label, score in result.topics],
+        "places": list(result.places),
+        "classifier_version": setup.model.version if setup.model else None,
+        "tags": list(outcome.tags),
+        "dropped_by": outcome.dropped_by,
+    }
+
+
+class ClassifyBatch:
+    """One batch's labels, computed before the writing transaction (``decided``: article id ->
+    its ``updated_at`` then, and its columns); an article written since is labelled again."""
+
+    #: What the writing transaction reads of each article.
+    columns = (Article.updated_at,)
+
+    def __init__(self, setup: ClassifySetup, decided: dict[int, tuple[datetime, Changes]]) -> None:
+        self.setup = setup
+        self.decided = decided
+        self.reread: dict[int, Row[Any]] = {}
+
+    def prepare(self, session: Session, rows: Sequence[Row[Any]]) -> None:
+        stale = [row.id for row in rows if (ahead := self.decided.get(row.id)) is None or ahead[0] != row.updated_at]
+        if stale:
+            for article in session.execute(select(Article.id, *CLASSIFY_COLUMNS).where(Article.id.in_(stale))):
+                self.reread[article.id] = article
+
+    def decide(self, row: Row[Any]) -> Changes:
+        if row.id in self.reread:
+            return classify_changes(self.setup, self.reread[row.id])
+        return self.decided[row.id][1]
 
 
 def explain_article(setup: ClassifySetup, article: Article) -> dict[str, Any]:
@@ -411,20 +432,20 @@ def run_classify(settings: Settings, article_ids: Sequence[int]) -> None:
     """Classify a batch. The labels are computed between two transactions, not inside the
     writing one: on SQLite every transaction holds the one write lock, and other workers
     would wait on it while this one runs the language model and the automatons."""
-    with session_scope(settings) as session:
+    with session_scope(settings, read_only=True) as session:
         setup = load_setup(session)
         rows = session.execute(
-            select(Article.id, Article.title, Article.text)
+            select(Article.id, *CLASSIFY_COLUMNS)
             .where(Article.id.in_(article_ids), Article.stage == "classify", Article.status == PENDING)
         ).all()
-    labelled = {}
-    for article_id, title, text in rows:
-        title, text = title or "", text or ""
+    decided = {}
+    for row in rows:
         try:
-            labelled[article_id] = (title, text, classify_article(title, text, setup.model))
+            decided[row.id] = (row.updated_at, classify_changes(setup, row))
         except Exception:  # labelled again, and its error recorded, by the stage
             continue
-    run_article_stage(settings, "classify", article_ids, partial(apply_classify, setup=setup, labelled=labelled))
+    batch = ClassifyBatch(setup, decided)
+    run_article_stage(settings, "classify", article_ids, batch.columns, batch.decide, prepare=batch.prepare)
 
 
 @shared_task(base=StageTask, name="feedmill.classify")

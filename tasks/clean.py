@@ -21,13 +21,13 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from html.parser import HTMLParser
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import ftfy
 import nh3
 from celery import shared_task
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Row, delete, insert, select
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
@@ -37,7 +37,7 @@ from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
 from tasks.dedupe import dedupe_task
 from tasks.fulltext import MAX_DEFERRALS, Page, PageRound, fetch_pages, wants_page
-from tasks.store import run_article_stage
+from tasks.store import Changes, run_article_stage
 
 # Longer input is cut before parsing, so one huge entry cannot stall a worker.
 MAX_INPUT_CHARS = 2_000_000
@@ -777,7 +777,15 @@ def remove_furniture(blocks: list[Block], furniture: Collection[int]) -> list[Bl
 # --- the stage ------------------------------------------------------------------
 
 
-def raw_entry(article: Article) -> RawEntry:
+#: The columns an entry is cleaned from, with its id and feed: what ``raw_entry`` reads.
+RAW_COLUMNS = (
+    Article.id, Article.feed_id, Article.entry_key, Article.guid, Article.link, Article.raw_title,
+    Article.raw_author, Article.published_at, Article.raw_summary_html, Article.raw_content_html, Article.raw_hash,
+)
+
+
+def raw_entry(article: Any) -> RawEntry:
+    """The entry as parse stored it, from an Article or a row of ``RAW_COLUMNS``."""
     return RawEntry(
         entry_key=article.entry_key,
         guid=article.guid,
@@ -812,28 +820,47 @@ def draft_with_page(entry: RawEntry, page: Page | None) -> Draft:
     return page_draft if body_chars(page_draft) > body_chars(draft) else draft
 
 
-class CleanBatch:
-    """One claimed batch: drafts every article, learns each feed's furniture in one
-    query per feed, records the batch's fingerprints; ``apply`` writes one article."""
+class Planned(NamedTuple):
+    """An entry read before the writing transaction, with its draft (None if drafting failed)."""
 
-    def __init__(self, pages: dict[int, Page], drafts: dict[int, tuple[str, Draft]]) -> None:
+    raw_hash: str
+    entry: RawEntry
+    draft: Draft | None
+
+
+class CleanBatch:
+    """One locked batch: drafts every article, learns each feed's furniture in one
+    query per feed, records the batch's fingerprints; ``decide`` gives one article's columns.
+
+    ``planned`` holds the entries and drafts read and made before the writing transaction;
+    an entry whose ``raw_hash`` has changed since is read again.
+    """
+
+    #: What the writing transaction reads of each article; the raw text comes from ``planned``.
+    columns = (Article.feed_id, Article.raw_hash, Article.raw_author, Article.published_at)
+
+    def __init__(self, pages: dict[int, Page], planned: dict[int, Planned]) -> None:
         self.pages = pages
-        self.drafts = drafts  # made while planning pages, keyed by the raw_hash they were made from
+        self.planned = planned
         self.results: dict[int, CleanArticle | Exception] = {}
 
-    def prepare(self, session: Session, articles: Sequence[Article]) -> None:
+    def prepare(self, session: Session, rows: Sequence[Row[Any]]) -> None:
+        stale = [row.id for row in rows if (p := self.planned.get(row.id)) is None or p.raw_hash != row.raw_hash]
+        if stale:
+            for entry in session.execute(select(*RAW_COLUMNS).where(Article.id.in_(stale))):
+                self.planned[entry.id] = Planned(entry.raw_hash, raw_entry(entry), None)
         drafts: dict[int, Draft] = {}
-        for article in articles:
-            cached = self.drafts.get(article.id)
-            if cached and cached[0] == article.raw_hash and article.id not in self.pages:
-                drafts[article.id] = cached[1]
-                continue
+        for row in rows:
+            planned = self.planned[row.id]
+            page = self.pages.get(row.id)
             try:
-                drafts[article.id] = draft_with_page(raw_entry(article), self.pages.get(article.id))
-            except Exception as exc:  # recorded on the article by apply, not the batch
-                self.results[article.id] = exc
+                drafts[row.id] = (
+                    planned.draft if planned.draft is not None and page is None else draft_with_page(planned.entry, page)
+                )
+            except Exception as exc:  # recorded on the article by decide, not the batch
+                self.results[row.id] = exc
         fingerprints = {article_id: paragraph_fingerprints(draft.blocks) for article_id, draft in drafts.items()}
-        feed_of = {article.id: article.feed_id for article in articles}
+        feed_of = {row.id: row.feed_id for row in rows}
         by_feed: dict[int, list[int]] = {}
         for article_id in drafts:
             by_feed.setdefault(feed_of[article_id], []).append(article_id)
@@ -857,21 +884,24 @@ class CleanBatch:
                 [{"article_id": i, "feed_id": feed_of[i], "fingerprints": fps} for i, fps in fingerprints.items()],
             )
 
-    def apply(self, _session: Session, article: Article) -> None:
-        cleaned = self.results[article.id]
+    def decide(self, row: Row[Any]) -> Changes:
+        cleaned = self.results[row.id]
         if isinstance(cleaned, Exception):
             raise cleaned
-        page = self.pages.get(article.id)
-        article.title = cleaned.title
-        article.url = cleaned.url
-        article.author = plain_text(article.raw_author) or None
-        article.summary = cleaned.summary
-        article.text = cleaned.text
-        article.html = cleaned.html
-        article.images = [image.to_dict() for image in cleaned.images]
-        article.clean_note = page.note if page else None
-        if article.published_at is None and page is not None:
-            article.published_at = page.published_at
+        page = self.pages.get(row.id)
+        changes: Changes = {
+            "title": cleaned.title,
+            "url": cleaned.url,
+            "author": plain_text(row.raw_author) or None,
+            "summary": cleaned.summary,
+            "text": cleaned.text,
+            "html": cleaned.html,
+            "images": [image.to_dict() for image in cleaned.images],
+            "clean_note": page.note if page else None,
+        }
+        if row.published_at is None and page is not None:
+            changes["published_at"] = page.published_at
+        return changes
 
 
 class CleanStep(NamedTuple):
@@ -882,46 +912,46 @@ class CleanStep(NamedTuple):
     wait_seconds: float
 
 
-def plan_pages(
-    settings: Settings, article_ids: Sequence[int]
-) -> tuple[list[tuple[int, str]], dict[int, tuple[str, Draft]]]:
+def plan_pages(settings: Settings, article_ids: Sequence[int]) -> tuple[list[tuple[int, str]], dict[int, Planned]]:
     """(article id, link) of the batch's pending articles whose linked page is wanted, and
-    every pending article's draft (by id, with the raw_hash it was made from).
+    every pending article's entry and draft (by id).
 
     The drafts are made after the read transaction ends: on SQLite every transaction holds
     the one write lock, which other workers would otherwise wait on while this one parses HTML.
     """
-    with session_scope(settings) as session:
+    with session_scope(settings, read_only=True) as session:
         rows = session.execute(
-            select(Article, Feed.full_text)
+            select(*RAW_COLUMNS, Feed.full_text)
             .join(Feed, Feed.id == Article.feed_id)
             .where(Article.id.in_(article_ids), Article.stage == "clean", Article.status == PENDING)
             .order_by(Article.id)
         ).all()
     wanted = []
-    drafts = {}
-    for article, feed_mode in rows:
+    planned = {}
+    for row in rows:
+        entry = raw_entry(row)
         try:
-            draft = draft_entry(raw_entry(article))
-        except Exception:  # the stage itself records this article's error
+            draft = draft_entry(entry)
+        except Exception:  # drafted again, and its error recorded, by the stage
+            planned[row.id] = Planned(row.raw_hash, entry, None)
             continue
-        drafts[article.id] = (article.raw_hash, draft)
-        mode = feed_mode or settings.full_text
-        if mode == "off" or not article.link:
+        planned[row.id] = Planned(row.raw_hash, entry, draft)
+        mode = row.full_text or settings.full_text
+        if mode == "off" or not row.link:
             continue
-        if wants_page(mode, body_chars(draft), article.link, settings.full_text_min_chars):
-            wanted.append((article.id, article.link))
-    return wanted, drafts
+        if wants_page(mode, body_chars(draft), row.link, settings.full_text_min_chars):
+            wanted.append((row.id, row.link))
+    return wanted, planned
 
 
 def run_clean(settings: Settings, article_ids: Sequence[int], deferrals: int = 0) -> CleanStep:
     """Fetch the pages the batch needs (outside any transaction), then clean the batch."""
-    wanted, drafts = plan_pages(settings, article_ids)
+    wanted, planned = plan_pages(settings, article_ids)
     pages = fetch_pages(settings, wanted, give_up_waiting=deferrals >= MAX_DEFERRALS) if wanted else PageRound()
     deferred = set(pages.deferred)
     now = [i for i in article_ids if i not in deferred]
-    batch = CleanBatch(pages.pages, drafts)
-    ready = run_article_stage(settings, "clean", now, batch.apply, prepare=batch.prepare) if now else []
+    batch = CleanBatch(pages.pages, planned)
+    ready = run_article_stage(settings, "clean", now, batch.columns, batch.decide, prepare=batch.prepare) if now else []
     return CleanStep(ready, pages.deferred, pages.wait_seconds)
 
 

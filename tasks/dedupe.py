@@ -27,6 +27,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import datetime, timedelta
 from functools import cached_property
 from itertools import zip_longest
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from celery import shared_task
-from sqlalchemy import ColumnElement, any_, bindparam, delete, insert, or_, select, text
+from sqlalchemy import ColumnElement, Row, any_, bindparam, delete, insert, or_, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -44,7 +45,7 @@ from schemas.payloads import ArticleBatch
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask
 from tasks.classify import classify_task
-from tasks.store import run_article_stage
+from tasks.store import Changes, run_article_stage
 
 #: MinHash permutations; LSH uses the first BANDS * ROWS of them.
 NUM_PERM = 128
@@ -292,27 +293,38 @@ class DedupeBatch:
     ``prepare`` runs once per claimed batch (see ``run_article_stage``): it
     takes the dedupe lock, reads the candidates of all its articles at once,
     decides them in id order (so a batch's own copies link to each other) and
-    writes their index rows. ``apply`` then writes one article's decision.
-    ``fingerprinted`` (article id -> the text and its fingerprint) holds the
-    fingerprints computed before the writing transaction; an article whose text
-    has changed since is fingerprinted again.
+    writes their index rows. ``decide`` then gives one article's columns.
+    ``fingerprinted`` (article id -> its ``updated_at`` and fingerprint) holds the
+    fingerprints computed before the writing transaction; an article written
+    since is fingerprinted again.
     """
 
-    def __init__(self, settings: Settings, fingerprinted: dict[int, tuple[str, Fingerprint]]) -> None:
+    #: What the writing transaction reads of each article; the text comes from ``fingerprinted``.
+    columns = (Article.feed_id, Article.url, Article.created_at, Article.cluster_id, Article.content_hash,
+               Article.updated_at)
+
+    def __init__(self, settings: Settings, fingerprinted: dict[int, tuple[datetime, Fingerprint]]) -> None:
         self.threshold = settings.dedupe_threshold
         self.reissue_window = timedelta(days=settings.dedupe_reissue_days)
         self.fingerprinted = fingerprinted
         self.decisions: dict[int, Decision] = {}
 
-    def _fingerprint(self, article: Article) -> Fingerprint:
-        text = article.text or ""
-        earlier = self.fingerprinted.get(article.id)
-        return earlier[1] if earlier is not None and earlier[0] == text else fingerprint(text)
+    def _fingerprints(self, session: Session, rows: Sequence[Row[Any]]) -> dict[int, Fingerprint]:
+        """Each article's fingerprint: the one computed ahead unless the article was written since."""
+        fps = {}
+        for row in rows:
+            ahead = self.fingerprinted.get(row.id)
+            if ahead is not None and ahead[0] == row.updated_at:
+                fps[row.id] = ahead[1]
+        if stale := [row.id for row in rows if row.id not in fps]:
+            for article_id, body in session.execute(select(Article.id, Article.text).where(Article.id.in_(stale))):
+                fps[article_id] = fingerprint(body or "")
+        return fps
 
-    def prepare(self, session: Session, articles: Sequence[Article]) -> None:
+    def prepare(self, session: Session, articles: Sequence[Row[Any]]) -> None:
         if not articles:
             return
-        fps = {a.id: self._fingerprint(a) for a in articles}
+        fps = self._fingerprints(session, articles)
         if _is_postgresql(session):
             # Decisions of concurrent batches happen one after another (SQLite's
             # BEGIN IMMEDIATE already serialises writers), so two copies of a
@@ -332,7 +344,7 @@ class DedupeBatch:
             )
         _write_index(session, articles, fps)
 
-    def _decide(self, article: Article, fp: Fingerprint, index: CandidateIndex, now: datetime) -> Decision:
+    def _decide(self, article: Row[Any], fp: Fingerprint, index: CandidateIndex, now: datetime) -> Decision:
         if article.cluster_id == article.id:
             # First-seen stays first-seen through revisions: its copies keep pointing at it.
             return Decision(fp.content_hash, article.id, None, None)
@@ -344,14 +356,17 @@ class DedupeBatch:
             return Decision(fp.content_hash, article.id, None, None)
         return Decision(fp.content_hash, match.known.cluster_id, match.known.cluster_id, match.reason)
 
-    def apply(self, _session: Session, article: Article) -> None:
+    def decide(self, article: Row[Any]) -> Changes:
         decision = self.decisions[article.id]
+        changes: Changes = {
+            "content_hash": decision.content_hash,
+            "cluster_id": decision.cluster_id,
+            "duplicate_of": decision.duplicate_of,
+            "duplicate_reason": decision.reason,
+        }
         if article.content_hash and article.content_hash != decision.content_hash:
-            article.previous_content_hash = article.content_hash
-        article.content_hash = decision.content_hash
-        article.cluster_id = decision.cluster_id
-        article.duplicate_of = decision.duplicate_of
-        article.duplicate_reason = decision.reason
+            changes["previous_content_hash"] = article.content_hash
+        return changes
 
 
 def _chunks(values: Sequence, size: int = QUERY_CHUNK) -> Iterable[Sequence]:
@@ -359,7 +374,7 @@ def _chunks(values: Sequence, size: int = QUERY_CHUNK) -> Iterable[Sequence]:
 
 
 def _load_candidates(
-    session: Session, articles: Sequence[Article], fps: dict[int, Fingerprint], batch_ids: set[int]
+    session: Session, articles: Sequence[Row[Any]], fps: dict[int, Fingerprint], batch_ids: set[int]
 ) -> CandidateIndex:
     """Every placed article outside the batch sharing a URL, a text or a band key with it."""
     found: dict[int, Known] = {}
@@ -405,7 +420,7 @@ def _load_candidates(
     return index
 
 
-def _write_index(session: Session, articles: Sequence[Article], fps: dict[int, Fingerprint]) -> None:
+def _write_index(session: Session, articles: Sequence[Row[Any]], fps: dict[int, Fingerprint]) -> None:
     """Replace the batch's signatures and band keys (a revision's old ones go)."""
     for chunk in _chunks(sorted(fps)):
         session.execute(delete(MinhashBand).where(_one_of(session, MinhashBand.article_id, chunk)))
@@ -453,14 +468,14 @@ def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
     SQLite every transaction holds the one write lock, and on PostgreSQL the dedupe
     lock serialises batches, so other workers would wait while this one hashes.
     """
-    with session_scope(settings) as session:
+    with session_scope(settings, read_only=True) as session:
         texts = session.execute(
-            select(Article.id, Article.text)
+            select(Article.id, Article.text, Article.updated_at)
             .where(Article.id.in_(article_ids), Article.stage == "dedupe", Article.status == PENDING)
         ).all()
-    fingerprinted = {article_id: (body or "", fingerprint(body or "")) for article_id, body in texts}
+    fingerprinted = {article_id: (updated_at, fingerprint(body or "")) for article_id, body, updated_at in texts}
     batch = DedupeBatch(settings, fingerprinted)
-    return run_article_stage(settings, "dedupe", article_ids, batch.apply, prepare=batch.prepare)
+    return run_article_stage(settings, "dedupe", article_ids, batch.columns, batch.decide, prepare=batch.prepare)
 
 
 @shared_task(base=StageTask, name="feedmill.dedupe")

@@ -13,15 +13,16 @@ import logging
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from schemas.db import session_scope
 from schemas.models import FAILED, OK, PENDING, STAGES, Article, Feed, utcnow
 from schemas.settings import Settings
 from tasks import metrics
-from tasks.failures import record_failure
+from tasks.failures import is_transient, record_failure
 from tasks.schedule import (
     MIN_ENTRIES_FOR_RATE,
     WEEK,
@@ -34,11 +35,14 @@ from tasks.schedule import (
 
 log = logging.getLogger(__name__)
 
-#: A stage's work on one article: reads the row, writes its results onto it.
-ApplyStage = Callable[[Session, Article], None]
-#: Optional work on the whole claimed batch before ``apply`` runs on each article,
+#: What a stage writes onto one article, by column name; the stage bookkeeping
+#: (stage, status, error, updated_at) is added by ``run_article_stage``.
+Changes = dict[str, Any]
+#: A stage's decision for one article, from the row its columns read; raises for a bad article.
+DecideArticle = Callable[[Row[Any]], Changes]
+#: Optional work on the whole locked batch before ``decide`` runs on each article,
 #: so a stage can read what the batch needs in a few queries instead of one per article.
-PrepareBatch = Callable[[Session, Sequence[Article]], None]
+PrepareBatch = Callable[[Session, Sequence[Row[Any]]], None]
 
 ERROR_TEXT_LIMIT = 2000
 #: How far back the publishing rate of a feed is measured.
@@ -53,40 +57,42 @@ def run_article_stage(
     settings: Settings,
     stage: str,
     article_ids: Sequence[int],
-    apply: ApplyStage,
+    columns: Sequence[InstrumentedAttribute[Any]],
+    decide: DecideArticle,
     *,
     prepare: PrepareBatch | None = None,
 ) -> list[int]:
-    """Apply one stage to a batch in one transaction; return ids ready for the next."""
+    """Apply one stage to a batch in one transaction; return ids ready for the next.
+
+    Locks the batch's articles still waiting for ``stage`` and reads only their id and
+    ``columns`` (not whole rows: the raw and clean texts are most of a row's bytes); every
+    decision is made in Python first and all of them go in one executemany. A stage computes
+    its expensive results before this transaction, keyed by what they were computed from
+    (``raw_hash``, ``updated_at``), and ``decide`` reuses them when that has not changed.
+    """
     following = next_stage(stage)
     with session_scope(settings) as session:
-        articles = session.scalars(
-            select(Article)
+        rows = session.execute(
+            select(Article.id, *columns)
             .where(Article.id.in_(article_ids), Article.stage == stage, Article.status == PENDING)
             .order_by(Article.id)
             # NO KEY UPDATE: other transactions may still reference these rows (duplicate_of).
             .with_for_update(skip_locked=True, key_share=True)
         ).all()
-        if prepare is not None and articles:
-            prepare(session, articles)
-        # Usually all at once; if anything failed, nothing was written and each article goes on its own.
-        one_by_one = [] if _apply_all(session, articles, apply, following) else articles
-        for article in one_by_one:
-            try:
-                with session.begin_nested():
-                    apply(session, article)
-                    _advance(article, following)
-            except Exception as exc:  # one bad article never takes down its batch
-                log.warning("%s failed for article %s: %s", stage, article.id, exc)
-                session.refresh(article)
-                article.status = FAILED
-                article.error = _error_text(stage, exc)
-                article.updated_at = utcnow()
-                record_failure(
-                    session, f"feedmill.{stage}", f"article {article.id}", article.error,
-                    traceback="".join(traceback.format_exception(exc)), article_ids=[article.id],
-                )
-        metrics.count_articles(stage, total=len(articles), failed=sum(a.status == FAILED for a in articles))
+        if prepare is not None and rows:
+            prepare(session, rows)
+        now = utcnow()
+        decided: dict[int, Changes] = {}
+        failed: dict[int, Exception] = {}
+        for row in rows:
+            try:  # one bad article never takes down its batch
+                decided[row.id] = decide(row) | _advanced(following, now)
+            except Exception as exc:
+                failed[row.id] = exc
+        failed |= _write_changes(session, decided)
+        for article_id, exc in failed.items():
+            _record_failed(session, stage, article_id, exc, now)
+        metrics.count_articles(stage, total=len(rows), failed=len(failed))
         if following == "done":
             return []
         return list(
@@ -102,28 +108,42 @@ def run_article_stage(
         )
 
 
-def _apply_all(session: Session, articles: Sequence[Article], apply: ApplyStage, following: str) -> bool:
-    """Apply the stage to the whole batch under one savepoint and write it in one flush.
+def _advanced(following: str, now: datetime) -> Changes:
+    return {"stage": following, "status": OK if following == "done" else PENDING, "error": None, "updated_at": now}
 
-    One savepoint and one flush per article cost more than most stages' work, so this is
-    the usual path. False, with nothing written, when any article raised or the flush
-    failed: the caller then gives each article a savepoint of its own.
-    """
+
+def _write_changes(session: Session, decided: dict[int, Changes]) -> dict[int, Exception]:
+    """Write every article's changes in one executemany under a savepoint. If the database
+    refuses that, write each under a savepoint of its own; return those it refused."""
+    if not decided:
+        return {}
     try:
-        with session.begin_nested(), session.no_autoflush:
-            for article in articles:
-                apply(session, article)
-                _advance(article, following)
-    except Exception:
-        return False
-    return True
+        with session.begin_nested():
+            session.execute(update(Article), [{"id": article_id, **changes} for article_id, changes in decided.items()])
+        return {}
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+    refused: dict[int, Exception] = {}
+    for article_id, changes in decided.items():
+        try:
+            with session.begin_nested():
+                session.execute(update(Article), [{"id": article_id, **changes}])
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            refused[article_id] = exc
+    return refused
 
 
-def _advance(article: Article, following: str) -> None:
-    article.stage = following
-    article.status = OK if following == "done" else PENDING
-    article.error = None
-    article.updated_at = utcnow()
+def _record_failed(session: Session, stage: str, article_id: int, exc: Exception, now: datetime) -> None:
+    log.warning("%s failed for article %s: %s", stage, article_id, exc)
+    error = _error_text(stage, exc)
+    session.execute(update(Article).where(Article.id == article_id).values(status=FAILED, error=error, updated_at=now))
+    record_failure(
+        session, f"feedmill.{stage}", f"article {article_id}", error,
+        traceback="".join(traceback.format_exception(exc)), article_ids=[article_id],
+    )
 
 
 def _error_text(stage: str, exc: BaseException) -> str:

@@ -64,11 +64,12 @@ def test_failed_article_is_a_dead_letter_and_requeue_finishes_it(sqlite_settings
     ids = run_parse(settings, poll_id)
     assert len(ids) == 3
 
-    def apply(_session: object, article: Article) -> None:
+    def decide(article) -> dict[str, str]:
         if article.id == ids[1]:
             raise RuntimeError("clean exploded")
+        return {}
 
-    ready = run_article_stage(settings, "clean", ids, apply)
+    ready = run_article_stage(settings, "clean", ids, (), decide)
     assert ready == [ids[0], ids[2]]
     with session_scope(settings) as session:
         failure = session.scalars(select(Failure)).one()

@@ -63,12 +63,13 @@ def test_one_failing_article_never_takes_down_its_batch(sqlite_settings: Setting
     with session_scope(sqlite_settings) as session:
         ids = list(session.scalars(select(Article.id).order_by(Article.id)))
 
-    def explode_on_b(_session, article: Article) -> None:
-        article.title = article.raw_title.upper()
+    def explode_on_b(article) -> dict[str, str]:
         if article.entry_key == "b":
             raise ValueError("bad input in b")
+        return {"title": article.raw_title.upper()}
 
-    ready = run_article_stage(sqlite_settings, "clean", ids, explode_on_b)
+    columns = (Article.entry_key, Article.raw_title)
+    ready = run_article_stage(sqlite_settings, "clean", ids, columns, explode_on_b)
     assert ready == [ids[0], ids[2]]
     with session_scope(sqlite_settings) as session:
         rows = {a.entry_key: a for a in session.scalars(select(Article))}
@@ -76,7 +77,7 @@ def test_one_failing_article_never_takes_down_its_batch(sqlite_settings: Setting
         assert (rows["b"].stage, rows["b"].status, rows["b"].title) == ("clean", FAILED, None)
         assert rows["b"].error == "clean: ValueError: bad input in b"
     # Repeated: nothing left in this stage to do, the same ids are handed on again.
-    assert run_article_stage(sqlite_settings, "clean", ids, explode_on_b) == [ids[0], ids[2]]
+    assert run_article_stage(sqlite_settings, "clean", ids, columns, explode_on_b) == [ids[0], ids[2]]
 
 
 def test_run_once_resends_work_whose_messages_were_lost(
