@@ -4,7 +4,8 @@ The labelling is a pure function of (title, text) and, when the operator
 has them, a trained model and rules: no network. ``classify_changes`` and the
 Celery task at the end are the thin layer that reads and writes the article
 row. The lexicon, the gazetteer and the language model are loaded once per
-process, on first use, and kept (``functools.cache``).
+process, on first use, and kept (``functools.cache``); a worker that consumes
+the classify queue loads them before forking its pool (``load_models``).
 
 * Language: py3langid, whose model ships inside the package.
 * Topics: a hand-written weighted lexicon (``data/topics_lexicon.tsv``)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -112,6 +114,18 @@ class Match(NamedTuple):
 
 
 # --- loading (once per process) ---------------------------------------------
+
+
+def load_models() -> float:
+    """Load the language model and both automatons now instead of at the first article (a
+    worker does before it forks its pool processes, which then share them); return the
+    seconds that took, 0 if they were loaded already."""
+    started = time.monotonic()
+    loaded = _language_identifier.cache_info().currsize
+    _language_identifier()
+    _topic_automaton()
+    _place_automaton()
+    return 0.0 if loaded else time.monotonic() - started
 
 
 @cache

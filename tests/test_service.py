@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -125,3 +126,13 @@ def test_progress_checks_do_not_hold_sqlite_write_lock(sqlite_settings: Settings
     writer.join()
     with session_scope(sqlite_settings, read_only=True) as session:
         assert session.get(Feed, feed_id).title == "renamed"
+
+
+def test_worker_loads_classify_models_before_forking_its_pool(settings: Settings, start_worker) -> None:
+    """Pool processes share the language model instead of each loading it at its first task;
+    a worker that does not consume the classify queue does not load it at all."""
+    classifying = start_worker(settings, concurrency=1)
+    fetching = start_worker(settings, concurrency=1, queues="fetch")
+    loaded = re.search(r"classify models loaded in [\d.]+ s before the pool started", classifying.output())
+    assert loaded and loaded.start() < classifying.output().index("ready.")
+    assert "classify models loaded" not in fetching.output()
