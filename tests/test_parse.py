@@ -117,7 +117,7 @@ def test_not_a_feed_is_recorded_on_poll_and_feed(sqlite_settings: Settings) -> N
     with session_scope(sqlite_settings) as session:
         poll = session.get(Poll, poll_id)
         feed = session.scalar(select(Feed))
-        assert poll.status == POLL_ERROR and poll.error.startswith("not a")
+        assert poll.status == POLL_ERROR and poll.error.startswith("not a") and poll.body is None
         assert feed.consecutive_errors == 1 and feed.etag is None
 
 
