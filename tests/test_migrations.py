@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -43,3 +44,68 @@ def test_sqlite_band_index_is_one_btree_and_migration_0007_round_trips(sqlite_se
     assert "WITHOUT ROWID" in _bands_table_sql(sqlite_settings)
     with session_scope(sqlite_settings) as session:
         assert sorted(session.scalars(select(MinhashBand.band_key))) == [-5, 3, 2**62]
+
+
+def _alembic_config(settings: Settings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", normalize_url(settings.database_url))
+    return config
+
+
+def _compression(settings: Settings) -> dict[str, str]:
+    """pg_attribute's attcompression of the large columns: 'l' lz4, 'p' pglz, '' the server default."""
+    with session_scope(settings) as session:
+        rows = session.execute(text(
+            "SELECT attrelid::regclass::text || '.' || attname, attcompression FROM pg_attribute "
+            "WHERE attrelid IN ('articles'::regclass, 'polls'::regclass) AND attnum > 0 AND NOT attisdropped"
+        )).all()
+    return {column: method for column, method in rows}
+
+
+LARGE_COLUMNS = {
+    "articles.raw_summary_html", "articles.raw_content_html", "articles.text", "articles.html",
+    "articles.summary", "polls.body",
+}
+
+
+def test_postgres_large_columns_use_lz4_and_migration_0009_round_trips(postgres_settings: Settings) -> None:
+    """Migration 0009 sets lz4 on the large once-written columns only, and its downgrade sets pglz."""
+    with session_scope(postgres_settings) as session:
+        enumvals = session.scalar(text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"))
+    if "lz4" not in enumvals:
+        pytest.skip("this PostgreSQL server was built without lz4")
+    compression = _compression(postgres_settings)
+    assert {column for column, method in compression.items() if method == "l"} == LARGE_COLUMNS
+    assert compression["articles.raw_title"] == compression["polls.error"] == ""  # the rest untouched
+    feed_id = add_feed(postgres_settings, "https://e.org/feed")
+    with session_scope(postgres_settings) as session:
+        article = Article(feed_id=feed_id, entry_key="k", raw_hash="-", raw_content_html="<p>words</p>" * 2000)
+        session.add(article)
+        session.flush()
+        article_id = article.id
+    with session_scope(postgres_settings) as session:
+        # The value really is stored compressed with lz4, and reads back whole.
+        assert session.scalar(text("SELECT pg_column_compression(raw_content_html) FROM articles")) == "lz4"
+        assert session.get(Article, article_id).raw_content_html == "<p>words</p>" * 2000
+    config = _alembic_config(postgres_settings)
+    command.downgrade(config, "0009@-1")  # this branch only
+    compression = _compression(postgres_settings)
+    assert {column for column, method in compression.items() if method == "p"} == LARGE_COLUMNS
+    assert not any(method == "l" for method in compression.values())
+    with session_scope(postgres_settings) as session:  # stored rows keep their compression, and still read
+        assert session.get(Article, article_id).raw_content_html == "<p>words</p>" * 2000
+    command.upgrade(config, "heads")
+    assert {column for column, method in _compression(postgres_settings).items() if method == "l"} == LARGE_COLUMNS
+
+
+def test_migration_0009_changes_nothing_on_sqlite(sqlite_settings: Settings) -> None:
+    config = _alembic_config(sqlite_settings)
+    command.downgrade(config, "0009@-1")  # this branch only
+    with session_scope(sqlite_settings) as session:
+        assert set(session.scalars(text("SELECT version_num FROM alembic_version"))) == {
+            "0002", "0003", "0005", "0006", "0007"
+        }
+    command.upgrade(config, "heads")
+    with get_engine(sqlite_settings.database_url).connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []

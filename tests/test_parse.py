@@ -117,5 +117,37 @@ def test_not_a_feed_is_recorded_on_poll_and_feed(sqlite_settings: Settings) -> N
     with session_scope(sqlite_settings) as session:
         poll = session.get(Poll, poll_id)
         feed = session.scalar(select(Feed))
-        assert poll.status == POLL_ERROR and poll.error.startswith("not a")
+        assert poll.status == POLL_ERROR and poll.error.startswith("not a") and poll.body is None
         assert feed.consecutive_errors == 1 and feed.etag is None
+
+
+def test_run_parse_reads_the_body_once_and_writes_poll_and_feed_once(settings: Settings) -> None:
+    """The body is read once (not again when the poll is locked), and the poll and its feed are
+    each written in one UPDATE: a first poll's parse on PostgreSQL was two reads of the 130 kB
+    body and two UPDATEs of each row."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    poll_id = _fetched_poll(settings, SEED_FEED)
+    statements: list[str] = []
+
+    def on_statement(conn, cursor, statement, *_):  # noqa: ANN001, ANN202
+        statements.append(" ".join(statement.split()))
+
+    event.listen(Engine, "before_cursor_execute", on_statement)
+    try:
+        new_ids = run_parse(settings, poll_id)
+    finally:
+        event.remove(Engine, "before_cursor_execute", on_statement)
+    assert len(new_ids) == 2
+    body_reads = [s for s in statements if s.startswith("SELECT") and "polls.body" in s]
+    assert len(body_reads) == 1, body_reads
+    assert len([s for s in statements if s.startswith("UPDATE polls")]) == 1
+    assert len([s for s in statements if s.startswith("UPDATE feeds")]) == 1
+    with session_scope(settings) as session:
+        poll = session.get(Poll, poll_id)
+        feed = session.get(Feed, poll.feed_id)
+        assert (poll.status, poll.new_entries, poll.body, poll.finished_at is not None) == (POLL_PARSED, 2, None, True)
+        assert feed.etag == '"e1"' and feed.lease_until is None and feed.next_poll_reason
+    assert run_parse(settings, poll_id) == new_ids  # redelivered: the same ids handed on, nothing stored
+    assert _article_count(settings) == 2

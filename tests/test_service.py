@@ -136,3 +136,54 @@ def test_worker_loads_classify_models_before_forking_its_pool(settings: Settings
     loaded = re.search(r"classify models loaded in [\d.]+ s before the pool started", classifying.output())
     assert loaded and loaded.start() < classifying.output().index("ready.")
     assert "classify models loaded" not in fetching.output()
+
+
+def test_progress_counts_pending_articles_only_when_asked_and_ends_as_soon_as_none_is_left(settings: Settings) -> None:
+    """`run --once` counts the pending articles at most every PENDING_COUNT_EVERY; in between it
+    skips them while polls are unfinished and then only asks whether any is left, so the counts it
+    reports stay right and the round still ends at the first check that finds nothing pending."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from schemas.models import OK, POLL_PARSED, Poll
+    from workers.service import Progress, _progress
+
+    feed_id = add_feed(settings, "https://example.org/feed")
+    with session_scope(settings) as session:
+        poll = Poll(feed_id=feed_id)
+        session.add(poll)
+        session.add_all(Article(feed_id=feed_id, entry_key=f"k{i}", raw_hash="-", stage=stage, status=status)
+                        for i, (stage, status) in enumerate([
+                            ("clean", PENDING), ("dedupe", PENDING), ("classify", PENDING),
+                            ("clean", FAILED), ("done", OK),
+                        ]))
+        session.flush()
+        poll_id = poll.id
+    statements: list[str] = []
+
+    def on_statement(conn, cursor, statement, *_):  # noqa: ANN001, ANN202
+        statements.append(" ".join(statement.split()))
+
+    def articles_read(last: Progress | None) -> tuple[Progress, list[str]]:
+        statements.clear()
+        event.listen(Engine, "before_cursor_execute", on_statement)
+        try:
+            progress = _progress(settings, [poll_id], last)
+        finally:
+            event.remove(Engine, "before_cursor_execute", on_statement)
+        return progress, [s for s in statements if "FROM articles" in s]
+
+    counted, reads = articles_read(None)
+    assert counted == Progress(1, 0, 3) and len(reads) == 1 and "count(" in reads[0]
+    # A poll of the round is unfinished: the round cannot end, the articles are not looked at.
+    assert articles_read(Progress(1, 0, 7)) == (Progress(1, 0, 7), [])
+    with session_scope(settings) as session:
+        session.get(Poll, poll_id).status = POLL_PARSED
+    progress, reads = articles_read(Progress(1, 0, 7))
+    assert progress == Progress(1, 1, 7) and len(reads) == 1 and "count(" not in reads[0]
+    assert articles_read(Progress(1, 1, 0))[0] == Progress(1, 1, 1)  # never 0 while one is pending
+    with session_scope(settings) as session:
+        for article in session.scalars(select(Article).where(Article.status == PENDING)):
+            article.stage, article.status = "done", OK
+    assert articles_read(Progress(1, 1, 3))[0] == Progress(1, 1, 0)
+    assert articles_read(None)[0] == Progress(1, 1, 0)

@@ -25,6 +25,7 @@ from schemas.models import (
     PENDING,
     POLL_FINISHED,
     POLL_QUEUED,
+    STAGES,
     Article,
     Feed,
     Poll,
@@ -38,9 +39,18 @@ WORKER_STOP_GRACE = 30.0
 #: ``run --once`` re-sends unfinished work when nothing has moved for this long.
 STALL_SECONDS = 60.0
 #: How often ``run --once`` checks the database for progress: a round ends at most this late.
-#: A check is two counts in a read-only transaction (about 1 ms on 10,000 articles), which on
-#: SQLite does not take the workers' write lock.
+#: A check is a count of the round's unfinished polls and whether any article is pending, in a
+#: read-only transaction, which on SQLite does not take the workers' write lock.
 PROGRESS_EVERY = 0.05
+#: How often a check also counts the pending articles (the progress line, stall detection). In
+#: between, a check looks at the articles only once all the round's polls are finished, and then
+#: only asks whether any is left. Counting them all at every check took 1.3 to 2.3 ms on PostgreSQL
+#: during a round of 10,000 articles (index entries of rows that later moved on are visited too),
+#: 5 to 15% of the database's time; the count of unfinished polls takes 0.1 ms.
+PENDING_COUNT_EVERY = 1.0
+#: Article stages that are not the end: ``stage IN (...)`` is a range of the (stage, status) index,
+#: where ``stage != 'done'`` is not.
+UNFINISHED_STAGES = STAGES[:-1]
 
 
 def celery_command(*args: str) -> list[str]:
@@ -156,8 +166,12 @@ def run_once(
     summary.skipped_feeds = active - len(poll_ids)
     enqueue_fetches(poll_ids)
     last_change, last_seen = time.monotonic(), None
+    progress, last_count = None, 0.0
     while True:
-        progress = _progress(settings, poll_ids)
+        count = progress is None or time.monotonic() - last_count >= PENDING_COUNT_EVERY
+        progress = _progress(settings, poll_ids, None if count else progress)
+        if count:
+            last_count = time.monotonic()
         on_progress(progress)
         if progress.polls_finished == progress.polls_total and progress.articles_pending == 0:
             break
@@ -171,6 +185,7 @@ def run_once(
         if workers is not None and workers.poll() is not None:
             raise WorkersDied(f"worker processes exited with code {workers.returncode}")
         if time.monotonic() - started > timeout:
+            progress = _progress(settings, poll_ids)
             raise RoundTimeout(
                 f"timed out after {timeout:g} s: {progress.polls_total - progress.polls_finished} feeds "
                 f"and {progress.articles_pending} articles unfinished (are workers running?)"
@@ -188,7 +203,13 @@ def _resend_stalled(settings: Settings, poll_ids: list[int]) -> None:
             enqueue_fetches(list(session.scalars(select(Poll.id).where(Poll.id.in_(chunk), Poll.status == POLL_QUEUED))))
 
 
-def _progress(settings: Settings, poll_ids: list[int]) -> Progress:
+def _progress(settings: Settings, poll_ids: list[int], last: Progress | None = None) -> Progress:
+    """The round's progress; with ``last``, the pending articles are not counted again.
+
+    The count is then ``last``'s while some of the round's polls are unfinished (the round cannot
+    end yet, and their articles are still coming), else it is only asked whether any article is
+    left: ``last``'s count (at least 1) if so, 0 if not. So the round ends as soon as before.
+    """
     with session_scope(settings, read_only=True) as session:
         finished = 0
         for chunk_start in range(0, len(poll_ids), 5000):
@@ -196,9 +217,15 @@ def _progress(settings: Settings, poll_ids: list[int]) -> Progress:
             finished += session.scalar(
                 select(func.count()).select_from(Poll).where(Poll.id.in_(chunk), Poll.status.in_(POLL_FINISHED))
             ) or 0
-        pending = session.scalar(
-            select(func.count()).select_from(Article).where(Article.status == PENDING, Article.stage != "done")
-        ) or 0
+        unfinished = (Article.status == PENDING, Article.stage.in_(UNFINISHED_STAGES))
+        if last is None:
+            pending = session.scalar(select(func.count()).select_from(Article).where(*unfinished)) or 0
+        elif finished < len(poll_ids):
+            pending = last.articles_pending
+        elif session.scalar(select(Article.id).where(*unfinished).limit(1)) is None:
+            pending = 0
+        else:
+            pending = max(last.articles_pending, 1)
     return Progress(len(poll_ids), finished, pending)
 
 
