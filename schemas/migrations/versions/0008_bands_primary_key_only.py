@@ -36,7 +36,10 @@ def _rebuild_sqlite_bands(with_foreign_key: bool) -> None:
     if with_foreign_key:
         columns.append(sa.ForeignKeyConstraint(["article_id"], ["articles.id"], ondelete="CASCADE"))
     op.create_table("minhash_bands_rebuilt", *columns, sqlite_with_rowid=False)
-    op.execute("INSERT INTO minhash_bands_rebuilt (band_key, article_id) SELECT band_key, article_id FROM minhash_bands")
+    # In key order: SQLite would otherwise read the smaller index on article_id and insert at
+    # random places (100,000 articles: 22 s instead of 1.3 s).
+    op.execute("INSERT INTO minhash_bands_rebuilt (band_key, article_id) "
+               "SELECT band_key, article_id FROM minhash_bands ORDER BY band_key, article_id")
     if not with_foreign_key:
         op.drop_index(INDEX, table_name="minhash_bands")
     op.drop_table("minhash_bands")
