@@ -280,7 +280,8 @@ class MinhashBand(Base):
     """The LSH index shared by every worker: one row per band key of a signature.
 
     Only the primary key (migration 0008): no foreign key to ``articles`` and no index on
-    ``article_id``, which together made the band INSERT four times as costly on PostgreSQL.
+    ``article_id``, which made dedupe's band INSERT two to four times as costly on PostgreSQL
+    (docs/dedupe.md).
     An article's rows are deleted by the keys its stored signatures give
     (``tasks.dedupe.delete_index_rows``), not by cascade.
     """
