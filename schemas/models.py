@@ -277,16 +277,21 @@ class MinhashSignature(Base):
 
 
 class MinhashBand(Base):
-    """The LSH index shared by every worker: one row per band key of a signature."""
+    """The LSH index shared by every worker: one row per band key of a signature.
+
+    Only the primary key (migration 0008): no foreign key to ``articles`` and no index on
+    ``article_id``, which made dedupe's band INSERT two to four times as costly on PostgreSQL
+    (docs/dedupe.md).
+    An article's rows are deleted by the keys its stored signatures give
+    (``tasks.dedupe.delete_index_rows``), not by cascade.
+    """
 
     __tablename__ = "minhash_bands"
     #: On SQLite one clustered B-tree, not a rowid table plus its key index (migration 0007).
     __table_args__ = {"sqlite_with_rowid": False}
 
     band_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    article_id: Mapped[int] = mapped_column(
-        ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
+    article_id: Mapped[int] = mapped_column(BigId, primary_key=True)
 
 
 class ClassifierModel(Base):

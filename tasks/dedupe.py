@@ -402,6 +402,8 @@ def _load_candidates(
         for band_key, article_id in rows:
             if article_id not in batch_ids:
                 band_keys_of[article_id].append(band_key)
+    # The join with articles drops band rows whose article is gone: minhash_bands has no
+    # foreign key (migration 0008), and a feed removal racing a batch can leave a few behind.
     for chunk in _chunks(sorted(band_keys_of)):
         for row in session.execute(
             select(*columns, MinhashSignature.shingle_words, MinhashSignature.signature)
@@ -422,9 +424,7 @@ def _load_candidates(
 
 def _write_index(session: Session, articles: Sequence[Row[Any]], fps: dict[int, Fingerprint]) -> None:
     """Replace the batch's signatures and band keys (a revision's old ones go)."""
-    for chunk in _chunks(sorted(fps)):
-        session.execute(delete(MinhashBand).where(_one_of(session, MinhashBand.article_id, chunk)))
-        session.execute(delete(MinhashSignature).where(_one_of(session, MinhashSignature.article_id, chunk)))
+    delete_index_rows(session, sorted(fps))
     signature_rows = [
         {"article_id": article_id, "shingle_words": size, "signature": signature.tobytes()}
         for article_id, fp in fps.items()
@@ -448,6 +448,43 @@ def _write_index(session: Session, articles: Sequence[Row[Any]], fps: dict[int, 
         # The driver's executemany of tuples: SQLAlchemy's handling of 42 dicts an article
         # cost as much CPU as SQLite's inserts themselves.
         session.connection().exec_driver_sql("INSERT INTO minhash_bands (band_key, article_id) VALUES (?, ?)", bands)
+
+
+def delete_index_rows(session: Session, article_ids: Sequence[int]) -> None:
+    """Delete these articles' band rows and signatures.
+
+    ``minhash_bands`` has no index on ``article_id`` (migration 0008), so the band rows
+    are found from the stored signatures: ``band_keys`` gives exactly the keys they were
+    written under, and each row goes by its primary key. Articles never deduped have no
+    signature: for them this is one query that finds nothing. Used by dedupe for a
+    batch's revised articles and by ``feedmill feeds remove`` before articles are deleted.
+    """
+    for chunk in _chunks(article_ids):
+        stored = session.execute(
+            select(MinhashSignature.article_id, MinhashSignature.shingle_words, MinhashSignature.signature)
+            .where(_one_of(session, MinhashSignature.article_id, chunk))
+        ).all()
+        if not stored:
+            continue
+        bands = sorted({
+            (key, article_id)
+            for article_id, size, signature in stored
+            for key in band_keys(np.frombuffer(signature, dtype=np.uint32), size)
+        })
+        if _is_postgresql(session):
+            # One statement with two arrays, each row found through the primary key.
+            session.execute(
+                text("DELETE FROM minhash_bands WHERE (band_key, article_id) IN "
+                     "(SELECT * FROM unnest(CAST(:keys AS bigint[]), CAST(:ids AS bigint[])))"),
+                {"keys": [key for key, _ in bands], "ids": [article_id for _, article_id in bands]},
+            )
+        else:
+            session.connection().exec_driver_sql(
+                "DELETE FROM minhash_bands WHERE band_key = ? AND article_id = ?", bands
+            )
+        session.execute(delete(MinhashSignature).where(
+            _one_of(session, MinhashSignature.article_id, sorted({row.article_id for row in stored}))
+        ))
 
 
 def _one_of(session: Session, column: ColumnElement, values: Sequence) -> ColumnElement[bool]:

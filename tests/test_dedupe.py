@@ -35,7 +35,7 @@ from tasks.dedupe import (
     words,
 )
 from tasks.parse import parse_document, raw_entries, reuses_guid, store_entries
-from tests.conftest import ROOT, add_feed, make_settings, rss
+from tests.conftest import ROOT, add_feed, feedmill, make_settings, ok, rss
 
 _rng = random.Random(11)
 _VOCABULARY = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "tu") for b in range(60)]
@@ -311,6 +311,71 @@ def test_fingerprints_are_computed_outside_the_write_lock(
     assert rows(settings, later) == [(first, first, NEAR)]
     with session_scope(settings) as session:
         assert session.get(Article, later).content_hash == content_fingerprint(edited(text))
+
+
+def band_rows(settings: Settings) -> dict[int, set[int]]:
+    """Every stored band key, by article."""
+    with session_scope(settings) as session:
+        found: dict[int, set[int]] = {}
+        for key, article_id in session.execute(select(MinhashBand.band_key, MinhashBand.article_id)):
+            found.setdefault(article_id, set()).add(key)
+        return found
+
+
+def signature_rows(settings: Settings) -> dict[int, set[int]]:
+    """The shingle sizes of every stored signature, by article."""
+    with session_scope(settings) as session:
+        found: dict[int, set[int]] = {}
+        for article_id, size in session.execute(select(MinhashSignature.article_id, MinhashSignature.shingle_words)):
+            found.setdefault(article_id, set()).add(size)
+        return found
+
+
+def revise(settings: Settings, article_id: int, text: str) -> None:
+    """A revision as parse and clean leave it: new text, waiting for dedupe again."""
+    with session_scope(settings) as session:
+        article = session.get(Article, article_id)
+        article.text, article.revision, article.stage, article.status = text, article.revision + 1, "dedupe", PENDING
+
+
+def test_a_revision_replaces_exactly_its_band_rows(settings: Settings) -> None:
+    """minhash_bands has no index on article_id: a revised article's old rows are found from its
+    stored signatures. A short text (2- and 3-word shingles) becomes a long one (3-word only)."""
+    feed = add_feed(settings, "https://a.example/feed")
+    short, long = story(40), story(300)
+    revised, other = add_article(settings, feed, short), add_article(settings, feed, story(300))
+    run_dedupe(settings, [revised, other])
+    before = band_rows(settings)
+    assert before[revised] == set(fingerprint(short).band_keys) and len(before[revised]) == 2 * 42
+    assert signature_rows(settings)[revised] == {2, 3}
+
+    revise(settings, revised, long)
+    fresh = add_article(settings, feed, story(300))  # in the same batch, never deduped before
+    assert run_dedupe(settings, [revised, fresh]) == [revised, fresh]
+    after = band_rows(settings)
+    assert after == {
+        revised: set(fingerprint(long).band_keys), other: before[other], fresh: after[fresh]
+    }
+    assert len(after[revised]) == len(after[fresh]) == 42
+    assert signature_rows(settings) == {revised: {3}, other: {3}, fresh: {3}}
+
+
+def test_removing_a_feed_removes_its_band_rows_and_signatures(settings: Settings) -> None:
+    """No cascade removes band rows (migration 0008): ``feeds remove`` deletes them itself."""
+    gone_url, kept_url = "https://gone.example/feed", "https://kept.example/feed"
+    gone, kept = add_feed(settings, gone_url), add_feed(settings, kept_url)
+    text = story(300)
+    removed = [add_article(settings, gone, text), add_article(settings, gone, story(40))]
+    kept_ids = [add_article(settings, kept, edited(text)), add_article(settings, kept, story(300))]
+    run_dedupe(settings, removed)
+    run_dedupe(settings, kept_ids)
+    assert rows(settings, kept_ids[0]) == [(removed[0], removed[0], NEAR)]
+    bands_before, signatures_before = band_rows(settings), signature_rows(settings)
+    assert set(bands_before) == set(signatures_before) == {*removed, *kept_ids}
+
+    ok(feedmill(settings, "feeds", "remove", gone_url, "--yes"))
+    assert band_rows(settings) == {i: bands_before[i] for i in kept_ids}
+    assert signature_rows(settings) == {i: signatures_before[i] for i in kept_ids}
 
 
 def _parse_and_clean(settings: Settings, feed_id: int, document: str) -> list[int]:

@@ -7,7 +7,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from schemas.db import MIGRATIONS_DIR, get_engine, migrate, normalize_url, session_scope
 from schemas.models import OK, Article, Base, MinhashBand
@@ -104,8 +104,56 @@ def test_migration_0009_changes_nothing_on_sqlite(sqlite_settings: Settings) -> 
     command.downgrade(config, "0009@-1")  # this branch only
     with session_scope(sqlite_settings) as session:
         assert set(session.scalars(text("SELECT version_num FROM alembic_version"))) == {
-            "0002", "0003", "0005", "0006", "0007"
+            "0002", "0003", "0005", "0006", "0008"
         }
     command.upgrade(config, "heads")
     with get_engine(sqlite_settings.database_url).connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def _bands_constraints(settings: Settings) -> tuple[list, list, list]:
+    """The band table's foreign keys, indexes and primary key columns."""
+    # A fresh connection: SQLite answers PRAGMA foreign_key_list from a connection's
+    # schema as last loaded, and another connection ran the migration.
+    get_engine(settings.database_url).dispose()
+    with get_engine(settings.database_url).connect() as connection:
+        inspector = inspect(connection)
+        return (
+            [(fk["referred_table"], fk["constrained_columns"]) for fk in inspector.get_foreign_keys("minhash_bands")],
+            [index["name"] for index in inspector.get_indexes("minhash_bands")],
+            inspector.get_pk_constraint("minhash_bands")["constrained_columns"],
+        )
+
+
+def test_migration_0008_drops_the_band_foreign_key_and_index_and_round_trips(settings: Settings) -> None:
+    """The band index keeps only its primary key; down and up again, its rows survive.
+
+    Downgrading restores the foreign key, so band rows of deleted articles go first."""
+    feed_id = add_feed(settings, "https://e.org/feed")
+    with session_scope(settings) as session:
+        article = Article(feed_id=feed_id, entry_key="k", raw_hash="-", stage="done", status=OK)
+        session.add(article)
+        session.flush()
+        kept = sorted((key, article.id) for key in (-5, 3, 2**62))
+        session.add_all(MinhashBand(band_key=key, article_id=article_id) for key, article_id in kept)
+        session.add(MinhashBand(band_key=7, article_id=article.id + 1000))  # its article is gone
+    assert _bands_constraints(settings) == ([], [], ["band_key", "article_id"])
+
+    def stored() -> list[tuple[int, int]]:
+        with session_scope(settings) as session:
+            return sorted(tuple(row) for row in session.execute(select(MinhashBand.band_key, MinhashBand.article_id)))
+
+    command.downgrade(_alembic_config(settings), "0007")
+    assert _bands_constraints(settings) == (
+        [("articles", ["article_id"])], ["ix_minhash_bands_article_id"], ["band_key", "article_id"]
+    )
+    assert stored() == kept
+    if settings.database_url.startswith("sqlite"):
+        assert "WITHOUT ROWID" in _bands_table_sql(settings)
+    command.upgrade(_alembic_config(settings), "heads")
+    assert _bands_constraints(settings) == ([], [], ["band_key", "article_id"])
+    assert stored() == kept
+    if settings.database_url.startswith("sqlite"):
+        assert "WITHOUT ROWID" in _bands_table_sql(settings)
+    with get_engine(settings.database_url).connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []

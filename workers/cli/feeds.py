@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from schemas.db import insert_for, session_scope
 from schemas.models import Article, Failure, Feed, Poll, Rule, utcnow
 from schemas.settings import Settings
+from tasks.dedupe import delete_index_rows
 from tasks.fulltext import FULL_TEXT_MODES
 from workers.cli.common import iso, migrated_settings
 from workers.failures import FailureFilter, open_failures
@@ -333,10 +334,26 @@ def feeds_remove(urls: tuple[str, ...], yes: bool) -> None:
     with session_scope(settings) as session:
         repointed = _keep_duplicates_of(session, ids)
         session.execute(delete(Failure).where(Failure.id.in_(failures)))
+        _delete_near_duplicate_index(session, ids)
         session.execute(delete(Feed).where(Feed.id.in_(ids)))  # polls, articles, rules: ON DELETE CASCADE
     click.echo(f"removed {len(ids)} feed(s), {articles} article(s) and {polls} poll(s)"
                + (f"; {repointed} duplicate(s) in other feeds re-pointed to their story's surviving original"
                   if repointed else ""))
+
+
+def _delete_near_duplicate_index(session: Session, feed_ids: list[int]) -> None:
+    """Delete these feeds' articles' MinHash band rows and signatures.
+
+    ``minhash_bands`` has no foreign key (migration 0008), so no cascade removes them. The
+    articles are locked first (on PostgreSQL): a dedupe batch holding some of them commits
+    before their signatures are read, and none can claim them afterwards. An article that
+    arrives and is deduped between this and the feed's delete can still leave its band
+    rows; dedupe ignores band rows whose article is gone.
+    """
+    article_ids = session.scalars(
+        select(Article.id).where(Article.feed_id.in_(feed_ids)).order_by(Article.id).with_for_update()
+    ).all()
+    delete_index_rows(session, article_ids)
 
 
 def _keep_duplicates_of(session: Session, feed_ids: list[int]) -> int:
