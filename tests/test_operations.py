@@ -104,10 +104,20 @@ def test_feeds_poll_requeue_article_and_remove(
     refused = feedmill(settings, "feeds", "remove", first)  # no terminal to say yes
     assert refused.returncode == 1 and "removing 1 feed(s) with 1 article(s), 1 poll(s)" in refused.stdout
     removed = ok(feedmill(settings, "feeds", "remove", first, "--yes"))
-    assert "removed 1 feed(s), 1 article(s) and 1 poll(s); 1 duplicate(s)" in removed
+    assert "removed 1 feed(s), 1 article(s) and 1 poll(s); 1 article(s)" in removed
     left = {a["title"]: a for a in export(settings)}
+    y1 = copies["Story y1"]["id"]
     assert sorted(left) == ["Story y1", "Story y2"] and left["Story y2"] == copies["Story y2"]
-    assert left["Story y1"] == {**copies["Story y1"], "duplicate_of": None, "duplicate_reason": None}
+    # y1 is now its story's first-seen article, and names the story.
+    assert left["Story y1"] == {**copies["Story y1"], "duplicate_of": None, "duplicate_reason": None, "cluster_id": y1}
     with session_scope(settings) as session:
         assert session.scalars(select(Feed.url)).all() == [second]
         assert session.scalar(select(func.count()).select_from(Poll)) == 1
+
+    # A later copy of the story joins it and points at y1, an article that exists.
+    third = publisher.add("/third.xml", rss([story("z1", same)]))
+    ok(feedmill(settings, "feeds", "add", third))
+    ok(feedmill(settings, "feeds", "poll", third))
+    assert wait_until_settled(settings, 3)["z1"] == ("done", "ok")
+    later = {a["title"]: a for a in export(settings)}["Story z1"]
+    assert (later["duplicate_of"], later["cluster_id"]) == (y1, y1)

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from schemas.db import insert_for, session_scope
@@ -316,9 +316,9 @@ def feeds_poll(urls: tuple[str, ...]) -> None:
 def feeds_remove(urls: tuple[str, ...], yes: bool) -> None:
     """Delete feeds with their articles, polls, rules and open failures.
 
-    Articles of other feeds that were duplicates of a removed article stay and
-    point to their story's surviving original; when the original itself goes,
-    the lowest of them becomes it (``cluster_id`` keeps naming the story).
+    Articles of other feeds in a story that loses articles stay: when the story's
+    first-seen article goes, the lowest id left becomes it, and the story's
+    ``cluster_id`` and the others' ``duplicate_of`` name that one.
     """
     settings = migrated_settings()
     with session_scope(settings) as session:
@@ -337,7 +337,7 @@ def feeds_remove(urls: tuple[str, ...], yes: bool) -> None:
         _delete_near_duplicate_index(session, ids)
         session.execute(delete(Feed).where(Feed.id.in_(ids)))  # polls, articles, rules: ON DELETE CASCADE
     click.echo(f"removed {len(ids)} feed(s), {articles} article(s) and {polls} poll(s)"
-               + (f"; {repointed} duplicate(s) in other feeds re-pointed to their story's surviving original"
+               + (f"; {repointed} article(s) in other feeds re-pointed to their story's surviving first-seen article"
                   if repointed else ""))
 
 
@@ -357,20 +357,29 @@ def _delete_near_duplicate_index(session: Session, feed_ids: list[int]) -> None:
 
 
 def _keep_duplicates_of(session: Session, feed_ids: list[int]) -> int:
-    """Other feeds' duplicates of these feeds' articles: point each at its story's surviving
-    original, or make the lowest of them the original when the original goes; return how many."""
+    """Keep every story that loses articles whole: in each, the first-seen article left (the
+    story's own, if it stays; else the lowest id left) names the story in ``cluster_id`` and
+    the others point at it. Return how many articles of other feeds changed.
+
+    Dedupe links a new copy to its story's ``cluster_id``, so a story must never stay named
+    by an article that is gone: the copy's ``duplicate_of`` would name a missing row.
+    """
     removed = select(Article.id).where(Article.feed_id.in_(feed_ids))
-    orphans = session.scalars(
-        select(Article).where(Article.duplicate_of.in_(removed), Article.feed_id.not_in(feed_ids)).order_by(Article.id)
+    stories = select(Article.cluster_id).where(
+        or_(Article.feed_id.in_(feed_ids), Article.duplicate_of.in_(removed)), Article.cluster_id.is_not(None)
+    )
+    members = session.scalars(
+        select(Article).where(Article.cluster_id.in_(stories), Article.feed_id.not_in(feed_ids)).order_by(Article.id)
     ).all()
-    for article in orphans:  # autoflush: an orphan made the original is found by the next of its story
-        original = session.scalar(
-            select(func.min(Article.id)).where(
-                Article.cluster_id == article.cluster_id, Article.duplicate_of.is_(None), Article.feed_id.not_in(feed_ids)
-            )
-        )
-        if original is None:
-            article.duplicate_of, article.duplicate_reason = None, None
-        else:
-            article.duplicate_of = original
-    return len(orphans)
+    left = {article.id for article in members}
+    first_of: dict[int, int] = {}
+    for article in members:  # in id order: the lowest id left comes first
+        first_of.setdefault(article.cluster_id, article.cluster_id if article.cluster_id in left else article.id)
+    changed = 0
+    for article in members:
+        first = first_of[article.cluster_id]
+        duplicate_of, reason = (None, None) if article.id == first else (first, article.duplicate_reason)
+        if (article.cluster_id, article.duplicate_of, article.duplicate_reason) != (first, duplicate_of, reason):
+            article.cluster_id, article.duplicate_of, article.duplicate_reason = first, duplicate_of, reason
+            changed += 1
+    return changed
