@@ -342,7 +342,7 @@ class DedupeBatch:
                       article.url, fp.content_hash if fp.matchable else None, fp.signatures),
                 lookup_keys(fp, article.url),
             )
-        _write_index(session, articles, fps)
+        _write_index(session, fps)
 
     def _decide(self, article: Row[Any], fp: Fingerprint, index: CandidateIndex, now: datetime) -> Decision:
         if article.cluster_id == article.id:
@@ -422,7 +422,7 @@ def _load_candidates(
     return index
 
 
-def _write_index(session: Session, articles: Sequence[Row[Any]], fps: dict[int, Fingerprint]) -> None:
+def _write_index(session: Session, fps: dict[int, Fingerprint]) -> None:
     """Replace the batch's signatures and band keys (a revision's old ones go)."""
     delete_index_rows(session, sorted(fps))
     signature_rows = [
