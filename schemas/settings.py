@@ -89,6 +89,9 @@ class Settings:
     #: FEEDMILL_WORKER_MAX_MEMORY_KB: a worker pool process is replaced after a task leaves it
     #: above this resident memory (KiB); 0 for no limit.
     worker_max_memory_kb: int = 0
+    #: FEEDMILL_TASK_EVENTS: workers send Celery task events from the start (Flower turns them
+    #: on by itself while it runs; this is for other event consumers).
+    task_events: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -125,6 +128,7 @@ class Settings:
             log_format=(env("FEEDMILL_LOG_FORMAT") or cls.log_format).strip().lower(),
             max_retries=int(env("FEEDMILL_MAX_RETRIES") or cls.max_retries),
             worker_max_memory_kb=int(env("FEEDMILL_WORKER_MAX_MEMORY_KB") or cls.worker_max_memory_kb),
+            task_events=_env_bool("FEEDMILL_TASK_EVENTS", cls.task_events),
         )
 
     @property

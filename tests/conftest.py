@@ -300,6 +300,7 @@ def feedmill_env(settings: Settings) -> dict[str, str]:
         FEEDMILL_HOST_MAX_CONCURRENT=str(settings.host_max_concurrent),
         FEEDMILL_WEBSUB_CALLBACK_URL=settings.websub_callback_url,
         FEEDMILL_FULL_TEXT=settings.full_text,
+        FEEDMILL_TASK_EVENTS="1" if settings.task_events else "0",
     )
     return env
 

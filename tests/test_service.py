@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
@@ -136,6 +138,51 @@ def test_worker_loads_classify_models_before_forking_its_pool(settings: Settings
     loaded = re.search(r"classify models loaded in [\d.]+ s before the pool started", classifying.output())
     assert loaded and loaded.start() < classifying.output().index("ready.")
     assert "classify models loaded" not in fetching.output()
+
+
+def _task_events_of(app, run: Callable[[], None]) -> list[str]:
+    """The types of the task events the broker carried while ``run`` ran."""
+    seen: list[str] = []
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": lambda event: seen.append(event["type"])})
+        listening = threading.Thread(target=receiver.capture, kwargs={"limit": None, "wakeup": False}, daemon=True)
+        listening.start()
+        time.sleep(0.5)  # the receiver's queue is bound before anything is sent
+        run()
+        time.sleep(0.5)
+        receiver.should_stop = True
+        listening.join(10)
+    return [kind for kind in seen if kind.startswith("task-")]
+
+
+def test_task_events_are_off_until_flower_or_the_setting_turns_them_on(
+    postgres_settings: Settings, start_worker
+) -> None:
+    """Task events cost about 3% of throughput, so workers start without them; Flower's periodic
+    ``enable_events`` broadcast turns them on, and FEEDMILL_TASK_EVENTS=1 from the start."""
+
+    def run_task(worker, app, name: str, *args: object) -> Callable[[], None]:
+        def run() -> None:
+            done = worker.output().count("succeeded in")
+            app.send_task(name, args=args)
+            deadline = time.monotonic() + 30
+            while worker.output().count("succeeded in") == done:
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.05)
+        return run
+
+    worker = start_worker(postgres_settings, concurrency=1, queues="schedule")
+    app = use_broker(postgres_settings)
+    assert _task_events_of(app, run_task(worker, app, "feedmill.sweep")) == []
+    assert app.control.enable_events(reply=True, timeout=5), "the worker did not answer enable_events"
+    events = _task_events_of(app, run_task(worker, app, "feedmill.sweep"))
+    assert {"task-received", "task-started", "task-succeeded"} <= set(events)
+
+    evented = replace(postgres_settings, task_events=True)
+    worker = start_worker(evented, concurrency=1, queues="fetch")
+    app = use_broker(evented)
+    events = _task_events_of(app, run_task(worker, app, "feedmill.fetch", {"poll_id": 0}))
+    assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= set(events)
 
 
 def test_progress_counts_pending_articles_only_when_asked_and_ends_as_soon_as_none_is_left(settings: Settings) -> None:
