@@ -329,6 +329,44 @@ def test_language_model_needs_no_network(monkeypatch):
         classify._language_identifier.cache_clear()
 
 
+#: One short paragraph per script and several Latin-script languages, for the model equivalence test.
+LANGUAGE_SAMPLES = {
+    "en": "The council approved the new budget on Tuesday after a long debate about schools and roads.",
+    "fr": "Le conseil municipal a approuvé mardi le nouveau budget après un long débat sur les écoles.",
+    "de": "Der Stadtrat hat am Dienstag nach einer langen Debatte über Schulen den Haushalt beschlossen.",
+    "es": "El ayuntamiento aprobó el martes el nuevo presupuesto tras un largo debate sobre las escuelas.",
+    "it": "Il consiglio comunale ha approvato martedì il nuovo bilancio dopo un lungo dibattito sulle scuole.",
+    "nl": "De gemeenteraad heeft dinsdag na een lang debat over scholen en wegen de nieuwe begroting goedgekeurd.",
+    "pt": "A câmara municipal aprovou na terça-feira o novo orçamento depois de um longo debate sobre escolas.",
+    "pl": "Rada miasta zatwierdziła we wtorek nowy budżet po długiej debacie na temat szkół i dróg.",
+    "ru": "Городской совет во вторник утвердил новый бюджет после долгих споров о школах и дорогах.",
+    "el": "Το δημοτικό συμβούλιο ενέκρινε την Τρίτη τον νέο προϋπολογισμό μετά από μακρά συζήτηση.",
+    "ar": "وافق المجلس البلدي يوم الثلاثاء على الميزانية الجديدة بعد نقاش طويل حول المدارس والطرق.",
+    "hi": "नगर परिषद ने मंगलवार को स्कूलों और सड़कों पर लंबी बहस के बाद नए बजट को मंजूरी दी।",
+    "ja": "市議会は火曜日、学校と道路をめぐる長い議論の末に新しい予算を承認した。",
+    "zh": "市议会周二在就学校和道路问题进行长时间辩论后批准了新预算。",
+    "tr": "Belediye meclisi salı günü okullar ve yollar hakkındaki uzun tartışmanın ardından yeni bütçeyi onayladı.",
+}
+
+
+def stock_language_identifier():
+    """py3langid as it ships (float16 weights), for comparison with classify's float32 copy."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def test_language_identifier_scores_exactly_as_shipped_model():
+    """classify converts the model's weights to float32 once (a faster score); the labels and
+    confidences must be the very ones py3langid's own float16 table gives."""
+    stock, ours = stock_language_identifier(), classify._language_identifier()
+    assert ours.nb_ptc.dtype.name == "float32" and stock.nb_ptc.dtype.name == "float16"
+    for expected, text in LANGUAGE_SAMPLES.items():
+        for sample in (text, text[:40], text.upper()):
+            assert ours.classify(sample) == stock.classify(sample), sample
+        assert detect_language("", text) == expected
+
+
 # --- robustness and speed ------------------------------------------------------
 
 

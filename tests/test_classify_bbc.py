@@ -14,6 +14,7 @@ import pytest
 from benchmarks.classify_bbc import BBC_TOPICS, lexicon_report, run
 from tasks.classify_model import read_labelled
 from tests.conftest import IN_CI, ROOT
+from tests.test_classify import stock_language_identifier
 
 CORPUS = ROOT.parent / "shared" / "data" / "bbc"
 
@@ -41,3 +42,15 @@ def test_trained_model_cross_validated_and_timed(corpus):
     assert result["lexicon_accuracy"] >= 0.85
     for timing in (result["classify_time_lexicon"], result["classify_time_model"]):
         assert 0 < timing["median_ms"] <= timing["p95_ms"] < 50  # loose: about 1 ms is expected
+
+
+def test_language_identifier_scores_every_article_as_shipped_model(corpus):
+    """The float32 copy of py3langid's weights (tasks/classify.py) gives every BBC article's
+    language sample the very label and confidence the shipped float16 table gives."""
+    from tasks.classify import LANGUAGE_SAMPLE_CHARS, _language_identifier
+
+    stock, ours = stock_language_identifier(), _language_identifier()
+    examples = read_labelled(corpus)
+    for example in examples:
+        sample = f"{example.title}\n{example.text[:LANGUAGE_SAMPLE_CHARS]}"
+        assert ours.classify(sample) == stock.classify(sample)
