@@ -138,7 +138,7 @@ def _language_identifier() -> LanguageIdentifier:
     and numpy's float16 to float32 conversion of those took 0.06 of the 0.1 ms the score
     took. So the table is converted once, here (57 MB instead of 28, shared by the pool
     processes of a worker, which loads it before forking): the same numbers, the same
-    labels and confidences (tests/test_classify.py), 0.09 ms less per article.
+    labels and confidences (tests/test_classify.py), 0.07 ms less per article.
     """
     weights, priors, classes, next_move, rows, output = load_model(MODEL_DIR / MODEL_FILE)
     return LanguageIdentifier(np.asarray(weights, dtype=np.float32), np.asarray(priors), classes,
