@@ -11,9 +11,9 @@ from sqlalchemy import insert, select, text
 
 from schemas.db import migrate, session_scope
 from schemas.models import PENDING, Article, Feed, utcnow
+from schemas.payloads import chunked
 from schemas.settings import Settings
 from tasks.dedupe import run_dedupe
-from tasks.store import chunked
 
 
 def store_settings(home: Path, database_url: str | None) -> Settings:

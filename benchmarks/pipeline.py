@@ -40,7 +40,9 @@ import psutil
 from corpus import build_corpus, render_rss
 from publisher import Publisher, loopback_address
 
-STAGES = ("fetch", "parse", "clean", "dedupe", "classify")
+from schemas.pipeline import LINE
+
+STAGES = LINE
 POSTGRES_ADMIN_URL = os.environ.get("FEEDMILL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("FEEDMILL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 TASK_DONE = re.compile(r"Task feedmill\.(\w+)\[[^\]]+\] succeeded in ([0-9.e-]+)s")
@@ -291,13 +293,13 @@ def inline_child() -> dict:
 
     from schemas.db import session_scope
     from schemas.models import FAILED, POLL_NOT_MODIFIED, Article, Poll
+    from schemas.payloads import chunked
     from schemas.settings import Settings
     from tasks.classify import run_classify
     from tasks.clean import run_clean
     from tasks.dedupe import run_dedupe
     from tasks.fetch import run_fetch
     from tasks.parse import run_parse
-    from tasks.store import chunked
     from workers.scheduler import claim_feeds
 
     settings = Settings.from_env()

@@ -28,8 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: The article stages in pipeline order; ``done`` means every stage has run.
-STAGES = ("clean", "dedupe", "classify", "done")
+from schemas.pipeline import FIRST_ARTICLE_STAGE
+
 #: Status of an article within its stage.
 PENDING, FAILED, OK = "pending", "failed", "ok"
 #: Poll lifecycle: queued -> fetched -> parsed, or not_modified / error / deferred.
@@ -232,8 +232,8 @@ class Article(Base):
     #: until the article is reprocessed.
     dropped_by: Mapped[int | None] = mapped_column(Integer)
 
-    #: The stage this article waits for (see STAGES); ``done`` when finished.
-    stage: Mapped[str] = mapped_column(String(16), default="clean")
+    #: The article stage this article waits for (``schemas/pipeline.py``); ``done`` when finished.
+    stage: Mapped[str] = mapped_column(String(16), default=FIRST_ARTICLE_STAGE)
     #: pending | failed (within ``stage``) | ok (when ``stage`` is done).
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     error: Mapped[str | None] = mapped_column(Text)

@@ -8,9 +8,15 @@ can be re-run from the database alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+
+def chunked(values: Sequence[Any], size: int) -> list[list[Any]]:
+    """Split ``values`` into lists of at most ``size``: batch messages, or SQL ``IN`` lists."""
+    return [list(values[i : i + size]) for i in range(0, len(values), size)]
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,18 @@ A bad article never raises here: stages record it instead.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from celery import Task
+from celery import Task, current_app
 from celery.utils.time import get_exponential_backoff_interval
 
+from schemas.payloads import ArticleBatch, chunked
+from schemas.pipeline import stage_named, stage_of_task
 from schemas.settings import current_settings
 from tasks import metrics
-from tasks.failures import is_transient, record_task_failure, stage_of
+from tasks.failures import is_transient, record_task_failure
 
 #: The running task's ids (task_id, task_name, and poll_id, feed_id or article_ids
 #: from its message), for the log filter in workers/logs.py; empty between tasks.
@@ -70,5 +73,23 @@ class StageTask(Task):
     def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         started = TASK_CONTEXT.get().get("started")
         if started is not None:
-            metrics.observe_task(stage_of(self.name), status.lower(), time.monotonic() - started)
+            metrics.observe_task(stage_of_task(self.name), status.lower(), time.monotonic() - started)
         TASK_CONTEXT.set({})
+
+
+def send(stage: str, *args: Any, **options: Any) -> None:
+    """Send a message to ``stage``'s task by name; Celery's routes (from the registry) pick its queue."""
+    current_app.send_task(stage_named(stage).task, args=args, **options)
+
+
+def hand_on(stage: str, message: dict[str, Any]) -> None:
+    """Send ``stage``'s result to the stage after it, if any (``schemas/pipeline.py``)."""
+    successor = stage_named(stage).successor
+    if successor is not None:
+        send(successor, message)
+
+
+def hand_on_articles(stage: str, article_ids: Sequence[int]) -> None:
+    """Send articles ``stage`` has finished to the next stage, in batches of ``FEEDMILL_BATCH_SIZE``."""
+    for batch in chunked(article_ids, current_settings().batch_size):
+        hand_on(stage, ArticleBatch(tuple(batch)).to_message())

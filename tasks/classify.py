@@ -45,12 +45,14 @@ from sqlalchemy.orm import Session
 from schemas.db import session_scope
 from schemas.models import PENDING, Article
 from schemas.payloads import ArticleBatch, Classification, TopicEvidence
+from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask
+from tasks.base import StageTask, hand_on_articles
 from tasks.classify_model import TopicModel, active_model
 from tasks.rules import CompiledRule, RuleOutcome, apply_rules, load_rules
 from tasks.store import Changes, run_article_stage
 
+STAGE = stage_named("classify").name
 DATA_DIR = Path(__file__).parent / "data"
 TOPICS_FILE = DATA_DIR / "topics_lexicon.tsv"
 PLACES_FILE = DATA_DIR / "places_gazetteer.tsv"
@@ -453,15 +455,15 @@ def explain_article(setup: ClassifySetup, article: Article) -> dict[str, Any]:
     }
 
 
-def run_classify(settings: Settings, article_ids: Sequence[int]) -> None:
-    """Classify a batch. The labels are computed between two transactions, not inside the
+def run_classify(settings: Settings, article_ids: Sequence[int]) -> list[int]:
+    """Classify a batch; return the ids ready for the next stage. The labels are computed between two transactions, not inside the
     writing one: on SQLite every transaction holds the one write lock, and other workers
     would wait on it while this one runs the language model and the automatons."""
     with session_scope(settings, read_only=True) as session:
         setup = load_setup(session)
         rows = session.execute(
             select(Article.id, *CLASSIFY_COLUMNS)
-            .where(Article.id.in_(article_ids), Article.stage == "classify", Article.status == PENDING)
+            .where(Article.id.in_(article_ids), Article.stage == STAGE, Article.status == PENDING)
         ).all()
     decided = {}
     for row in rows:
@@ -470,9 +472,9 @@ def run_classify(settings: Settings, article_ids: Sequence[int]) -> None:
         except Exception:  # labelled again, and its error recorded, by the stage
             continue
     batch = ClassifyBatch(setup, decided)
-    run_article_stage(settings, "classify", article_ids, batch.columns, batch.decide, prepare=batch.prepare)
+    return run_article_stage(settings, STAGE, article_ids, batch.columns, batch.decide, prepare=batch.prepare)
 
 
 @shared_task(base=StageTask, name="feedmill.classify")
 def classify_task(message: dict) -> None:
-    run_classify(current_settings(), ArticleBatch.from_message(message).article_ids)
+    hand_on_articles(STAGE, run_classify(current_settings(), ArticleBatch.from_message(message).article_ids))

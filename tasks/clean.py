@@ -33,12 +33,13 @@ from sqlalchemy.orm import Session
 from schemas.db import session_scope
 from schemas.models import PENDING, Article, Feed, ParagraphFingerprints
 from schemas.payloads import ArticleBatch, CleanArticle, Image, RawEntry
+from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask
-from tasks.dedupe import dedupe_task
+from tasks.base import StageTask, hand_on_articles
 from tasks.fulltext import MAX_DEFERRALS, Page, PageRound, fetch_pages, wants_page
 from tasks.store import Changes, run_article_stage
 
+STAGE = stage_named("clean").name
 # Longer input is cut before parsing, so one huge entry cannot stall a worker.
 MAX_INPUT_CHARS = 2_000_000
 # A summary taken from the body is its first paragraph, cut near this length.
@@ -923,7 +924,7 @@ def plan_pages(settings: Settings, article_ids: Sequence[int]) -> tuple[list[tup
         rows = session.execute(
             select(*RAW_COLUMNS, Feed.full_text)
             .join(Feed, Feed.id == Article.feed_id)
-            .where(Article.id.in_(article_ids), Article.stage == "clean", Article.status == PENDING)
+            .where(Article.id.in_(article_ids), Article.stage == STAGE, Article.status == PENDING)
             .order_by(Article.id)
         ).all()
     wanted = []
@@ -951,7 +952,7 @@ def run_clean(settings: Settings, article_ids: Sequence[int], deferrals: int = 0
     deferred = set(pages.deferred)
     now = [i for i in article_ids if i not in deferred]
     batch = CleanBatch(pages.pages, planned)
-    ready = run_article_stage(settings, "clean", now, batch.columns, batch.decide, prepare=batch.prepare) if now else []
+    ready = run_article_stage(settings, STAGE, now, batch.columns, batch.decide, prepare=batch.prepare) if now else []
     return CleanStep(ready, pages.deferred, pages.wait_seconds)
 
 
@@ -963,5 +964,4 @@ def clean_task(message: dict) -> None:
     if step.deferred:
         later = ArticleBatch(tuple(step.deferred)).to_message() | {"deferrals": deferrals + 1}
         clean_task.apply_async((later,), countdown=step.wait_seconds)
-    if step.ready:
-        dedupe_task.delay(ArticleBatch(tuple(step.ready)).to_message())
+    hand_on_articles(STAGE, step.ready)

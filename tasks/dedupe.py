@@ -27,10 +27,10 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from datetime import datetime, timedelta
 from functools import cached_property
 from itertools import zip_longest
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -42,11 +42,12 @@ from sqlalchemy.orm import Session
 from schemas.db import session_scope
 from schemas.models import PENDING, Article, MinhashBand, MinhashSignature, utcnow
 from schemas.payloads import ArticleBatch
+from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask
-from tasks.classify import classify_task
+from tasks.base import StageTask, hand_on_articles
 from tasks.store import Changes, run_article_stage
 
+STAGE = stage_named("dedupe").name
 #: MinHash permutations; LSH uses the first BANDS * ROWS of them.
 NUM_PERM = 128
 BANDS, ROWS = 42, 3  # candidate probability 0.94 at Jaccard 0.4, 0.04 at 0.1
@@ -508,15 +509,13 @@ def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
     with session_scope(settings, read_only=True) as session:
         texts = session.execute(
             select(Article.id, Article.text, Article.updated_at)
-            .where(Article.id.in_(article_ids), Article.stage == "dedupe", Article.status == PENDING)
+            .where(Article.id.in_(article_ids), Article.stage == STAGE, Article.status == PENDING)
         ).all()
     fingerprinted = {article_id: (updated_at, fingerprint(body or "")) for article_id, body, updated_at in texts}
     batch = DedupeBatch(settings, fingerprinted)
-    return run_article_stage(settings, "dedupe", article_ids, batch.columns, batch.decide, prepare=batch.prepare)
+    return run_article_stage(settings, STAGE, article_ids, batch.columns, batch.decide, prepare=batch.prepare)
 
 
 @shared_task(base=StageTask, name="feedmill.dedupe")
 def dedupe_task(message: dict) -> None:
-    ready = run_dedupe(current_settings(), ArticleBatch.from_message(message).article_ids)
-    if ready:
-        classify_task.delay(ArticleBatch(tuple(ready)).to_message())
+    hand_on_articles(STAGE, run_dedupe(current_settings(), ArticleBatch.from_message(message).article_ids))

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
 from schemas.models import Failure, utcnow
+from schemas.pipeline import stage_of_task
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,6 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-def stage_of(task_name: str) -> str:
-    """feedmill.clean -> clean; feedmill.websub_subscribe -> websub."""
-    return task_name.removeprefix("feedmill.").split("_")[0]
-
-
 def record_failure(
     session: Session,
     task: str,
@@ -70,7 +66,7 @@ def record_failure(
     attempts: int = 1,
 ) -> Failure:
     """Add a dead letter, or bump the open one for the same stage and subject by ``attempts``."""
-    stage = stage_of(task)
+    stage = stage_of_task(task)
     now = utcnow()
     failure = session.scalar(
         select(Failure).where(Failure.stage == stage, Failure.subject == subject, Failure.requeued_at.is_(None))

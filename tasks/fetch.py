@@ -34,9 +34,8 @@ from schemas.models import (
 from schemas.payloads import FetchResult, PollRef
 from schemas.settings import Settings, current_settings
 from tasks import metrics
-from tasks.base import StageTask
+from tasks.base import StageTask, hand_on
 from tasks.http import safe_get
-from tasks.parse import parse_task
 from tasks.politeness import drop_host_slot, release_host_slot, take_host_slot
 from tasks.schedule import http_hints
 from tasks.store import finish_poll_of_feed
@@ -207,4 +206,4 @@ def fetch_task(message: dict) -> None:
     if step.wait_seconds is not None:
         fetch_task.apply_async((message,), countdown=step.wait_seconds)
     elif step.parse:
-        parse_task.delay(message)
+        hand_on("fetch", message)

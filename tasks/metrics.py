@@ -4,7 +4,7 @@ Plain prometheus_client objects, so tasks/ needs nothing from workers/. In a
 worker started by ``feedmill worker`` with ``FEEDMILL_METRICS_PORT`` set,
 ``PROMETHEUS_MULTIPROC_DIR`` is set before Python starts, so every prefork
 child writes these to its own file and the worker's main process serves their
-sum (``workers/metrics.py``). Elsewhere they count in memory and nobody reads them.
+sum (``workers/worker_metrics.py``). Elsewhere they count in memory and nobody reads them.
 """
 
 from __future__ import annotations

@@ -44,12 +44,12 @@ from schemas.models import (
     Poll,
     utcnow,
 )
-from schemas.payloads import ArticleBatch, ParsedFeed, PollRef, RawEntry
+from schemas.payloads import ParsedFeed, PollRef, RawEntry
+from schemas.pipeline import FIRST_ARTICLE_STAGE
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask
-from tasks.clean import clean_task
+from tasks.base import StageTask, hand_on_articles
 from tasks.schedule import feed_hints, http_hints
-from tasks.store import chunked, finish_poll_of_feed
+from tasks.store import finish_poll_of_feed
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def store_entries(
             "raw_tags": list(e.tags),
             "raw_hash": e.raw_hash,
             "revision": 1,
-            "stage": "clean",
+            "stage": FIRST_ARTICLE_STAGE,
             "status": PENDING,
             "created_at": now,
             "updated_at": now,
@@ -449,7 +449,7 @@ def store_entries(
         article.raw_hash = entry.raw_hash
         article.revision += 1
         article.poll_id = poll_id
-        article.stage, article.status, article.error = "clean", PENDING, None
+        article.stage, article.status, article.error = FIRST_ARTICLE_STAGE, PENDING, None
         article.updated_at = now
         changed_ids.append(article.id)
     return sorted(new_ids), sorted(changed_ids)
@@ -517,7 +517,7 @@ def _articles_awaiting_clean(session: Session, poll_id: int) -> list[int]:
     return list(
         session.scalars(
             select(Article.id)
-            .where(Article.poll_id == poll_id, Article.stage == "clean", Article.status == PENDING)
+            .where(Article.poll_id == poll_id, Article.stage == FIRST_ARTICLE_STAGE, Article.status == PENDING)
             .order_by(Article.id)
         )
     )
@@ -525,7 +525,4 @@ def _articles_awaiting_clean(session: Session, poll_id: int) -> list[int]:
 
 @shared_task(base=StageTask, name="feedmill.parse")
 def parse_task(message: dict) -> None:
-    settings = current_settings()
-    article_ids = run_parse(settings, PollRef.from_message(message).poll_id)
-    for batch in chunked(article_ids, settings.batch_size):
-        clean_task.delay(ArticleBatch(tuple(batch)).to_message())
+    hand_on_articles("parse", run_parse(current_settings(), PollRef.from_message(message).poll_id))

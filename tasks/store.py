@@ -19,7 +19,8 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from schemas.db import session_scope
-from schemas.models import FAILED, OK, PENDING, STAGES, Article, Feed, utcnow
+from schemas.models import FAILED, OK, PENDING, Article, Feed, utcnow
+from schemas.pipeline import DONE, article_position_after
 from schemas.settings import Settings
 from tasks import metrics
 from tasks.failures import is_transient, record_failure
@@ -49,10 +50,6 @@ ERROR_TEXT_LIMIT = 2000
 RATE_WINDOW = timedelta(days=28)
 
 
-def next_stage(stage: str) -> str:
-    return STAGES[STAGES.index(stage) + 1]
-
-
 def run_article_stage(
     settings: Settings,
     stage: str,
@@ -70,7 +67,7 @@ def run_article_stage(
     its expensive results before this transaction, keyed by what they were computed from
     (``raw_hash``, ``updated_at``), and ``decide`` reuses them when that has not changed.
     """
-    following = next_stage(stage)
+    following = article_position_after(stage)
     with session_scope(settings) as session:
         rows = session.execute(
             select(Article.id, *columns)
@@ -93,7 +90,7 @@ def run_article_stage(
         for article_id, exc in failed.items():
             _record_failed(session, stage, article_id, exc, now)
         metrics.count_articles(stage, total=len(rows), failed=len(failed))
-        if following == "done":
+        if following == DONE:
             return []
         return list(
             session.scalars(
@@ -109,7 +106,7 @@ def run_article_stage(
 
 
 def _advanced(following: str, now: datetime) -> Changes:
-    return {"stage": following, "status": OK if following == "done" else PENDING, "error": None, "updated_at": now}
+    return {"stage": following, "status": OK if following == DONE else PENDING, "error": None, "updated_at": now}
 
 
 def _write_changes(session: Session, decided: dict[int, Changes]) -> dict[int, Exception]:
@@ -149,11 +146,6 @@ def _record_failed(session: Session, stage: str, article_id: int, exc: Exception
 def _error_text(stage: str, exc: BaseException) -> str:
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return f"{stage}: {detail}"[:ERROR_TEXT_LIMIT]
-
-
-def chunked(ids: Sequence[int], size: int) -> list[list[int]]:
-    """Split ids into batches of at most ``size`` for stage messages."""
-    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
 def finish_poll_of_feed(

@@ -22,9 +22,8 @@ from schemas.db import session_scope
 from schemas.models import POLL_FETCHED, Feed, Poll, utcnow
 from schemas.payloads import PollRef
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask
+from tasks.base import StageTask, send
 from tasks.http import FetchRefused, check_url_allowed, http_client
-from tasks.parse import parse_task
 
 #: Lease we ask hubs for; they may grant less, and we renew before it ends.
 REQUESTED_LEASE_SECONDS = 10 * 86400
@@ -171,7 +170,7 @@ def accept_push(settings: Settings, feed_id: int, body: bytes, content_type: str
         session.add(poll)
         session.flush()
         poll_id = poll.id
-    parse_task.delay(PollRef(poll_id).to_message())
+    send("parse", PollRef(poll_id).to_message())
     return poll_id
 
 

@@ -17,8 +17,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from schemas.db import session_scope
 from schemas.models import FAILED, POLL_FETCHED, Article, Failure, Feed, Poll, utcnow
+from schemas.pipeline import stage_of_task
 from schemas.settings import Settings
-from tasks.failures import is_transient, stage_of
+from tasks.failures import is_transient
 from tasks.parse import run_parse
 from tasks.store import run_article_stage
 from tests.conftest import (
@@ -37,7 +38,7 @@ def test_transient_and_permanent_errors_are_told_apart() -> None:
     assert is_transient(ConnectionRefusedError()) and is_transient(TimeoutError()) and is_transient(SoftTimeLimitExceeded())
     assert not is_transient(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not is_transient(ValueError("bad message")) and not is_transient(KeyError("poll_id"))
-    assert stage_of("feedmill.clean") == "clean" and stage_of("feedmill.websub_subscribe") == "websub"
+    assert stage_of_task("feedmill.clean") == "clean" and stage_of_task("feedmill.websub_subscribe") == "websub"
 
 
 def items(prefix: str, count: int) -> str:

@@ -13,22 +13,14 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from schemas.pipeline import QUEUES, STAGES, TASK_MODULES, stage_named
 from schemas.settings import Settings, current_settings
 
-log = logging.getLogger(__name__)
+# Celery signal handlers, connected on import: task ids (and JSON) on every worker's and
+# scheduler's log lines, and a worker's metrics endpoint.
+from workers import logs, worker_metrics  # noqa: F401
 
-#: Queue per stage, in pipeline order, so each can be scaled on its own.
-QUEUES = ("schedule", "fetch", "parse", "clean", "dedupe", "classify")
-TASK_QUEUES = {
-    "feedmill.dispatch": "schedule",
-    "feedmill.sweep": "schedule",
-    "feedmill.fetch": "fetch",
-    "feedmill.websub_subscribe": "fetch",
-    "feedmill.parse": "parse",
-    "feedmill.clean": "clean",
-    "feedmill.dedupe": "dedupe",
-    "feedmill.classify": "classify",
-}
+log = logging.getLogger(__name__)
 #: Longer than any retry countdown (StageTask's backoff cap is 300 s), so a
 #: delayed retry is not redelivered early by Redis.
 VISIBILITY_TIMEOUT = 3600
@@ -46,15 +38,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_max_tasks_per_child": 1000,
         # FEEDMILL_MAX_RETRIES overrides StageTask.max_retries on every feedmill task.
-        "task_annotations": {name: {"max_retries": settings.max_retries} for name in TASK_QUEUES},
+        "task_annotations": {stage.task: {"max_retries": settings.max_retries} for stage in STAGES},
         # Task events cost about 3% of a run's throughput (a Redis publish per task state), and
         # Flower, which reads them, turns them on in the workers by itself while it runs
         # (its enable_events, on by default); FEEDMILL_TASK_EVENTS sends them from the start.
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         "task_queues": [Queue(name) for name in QUEUES],
-        "task_default_queue": "fetch",
-        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        "task_default_queue": QUEUES[0],
+        "task_routes": {stage.task: {"queue": stage.queue} for stage in STAGES},
         # A dispatch or sweep not started within its interval (10 s at least) is dropped: the next
         # one is on its way, and a backlog of sweeps (workers down for a while) would each re-send
         # all stuck work at once.
@@ -89,18 +81,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery(
-        "feedmill",
-        include=[
-            "workers.scheduler",
-            "tasks.websub",
-            "tasks.fetch",
-            "tasks.parse",
-            "tasks.clean",
-            "tasks.dedupe",
-            "tasks.classify",
-        ],
-    )
+    app = Celery("feedmill", include=list(TASK_MODULES))
     app.conf.update(celery_config(settings))
     return app
 
@@ -121,7 +102,7 @@ def load_classify_models(**_: Any) -> None:
     automatons in the main process before it forks its pool: every pool process, replacements
     included, then shares them instead of loading its own at its first classify task."""
     global classify_models_seconds
-    if "classify" in app.amqp.queues.consume_from:
+    if stage_named("classify").queue in app.amqp.queues.consume_from:
         from tasks.classify import load_models
 
         classify_models_seconds = load_models()
@@ -133,7 +114,3 @@ def report_classify_models(**_: Any) -> None:
     if classify_models_seconds is not None:
         log.info("classify models loaded in %.1f s before the pool started", classify_models_seconds)
 
-
-# Last, as they import this module's names: Celery signal handlers that give every worker and
-# scheduler process task ids on its log lines (and JSON logs), and a worker its metrics endpoint.
-from workers import logs, metrics  # noqa: E402, F401

@@ -10,22 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from celery import Task
 from sqlalchemy import select, update
 
 from schemas.db import session_scope
 from schemas.models import FAILED, PENDING, Article, Failure, Poll, utcnow
-from schemas.payloads import ArticleBatch, PollRef
+from schemas.payloads import ArticleBatch, PollRef, chunked
+from schemas.pipeline import ARTICLES, BY_NAME, FEED, NOTHING, POLL
 from schemas.settings import Settings
-from tasks.fetch import fetch_task
-from tasks.parse import parse_task
-from tasks.store import chunked
-from tasks.websub import websub_subscribe_task
-from workers.scheduler import STAGE_TASKS, dispatch_task, sweep_task
-
-POLL_TASKS: dict[str, Task] = {"fetch": fetch_task, "parse": parse_task}
-PLAIN_TASKS: dict[str, Task] = {"dispatch": dispatch_task, "sweep": sweep_task}
+from tasks.base import send
 
 
 @dataclass(frozen=True)
@@ -61,30 +55,32 @@ def _feeds_of(session, failure: Failure) -> set[int]:
 
 def requeue_failures(settings: Settings, failure_ids: Sequence[int]) -> int:
     """Send these failures back to their stage and mark them re-queued; return how many."""
-    sends: list[tuple[Task, tuple]] = []
+    sends: list[tuple[str, tuple[Any, ...]]] = []
     with session_scope(settings) as session:
         failures = session.scalars(
             select(Failure).where(Failure.id.in_(list(failure_ids)), Failure.requeued_at.is_(None)).with_for_update()
         ).all()
         for failure in failures:
             failure.requeued_at = utcnow()
-            if failure.article_ids and failure.stage in STAGE_TASKS:
+            stage = BY_NAME.get(failure.stage)
+            message = stage.message if stage is not None else None
+            if failure.article_ids and message == ARTICLES:
                 session.execute(
                     update(Article)
                     .where(Article.id.in_(failure.article_ids), Article.stage == failure.stage, Article.status == FAILED)
                     .values(status=PENDING, error=None, updated_at=utcnow())
                 )
                 for batch in chunked(failure.article_ids, settings.batch_size):
-                    sends.append((STAGE_TASKS[failure.stage], (ArticleBatch(tuple(batch)).to_message(),)))
-            elif failure.poll_id is not None and failure.stage in POLL_TASKS:
-                sends.append((POLL_TASKS[failure.stage], (PollRef(failure.poll_id).to_message(),)))
-            elif failure.feed_id is not None and failure.stage == "websub":
-                sends.append((websub_subscribe_task, (failure.feed_id,)))
-            elif failure.stage in PLAIN_TASKS:
-                sends.append((PLAIN_TASKS[failure.stage], ()))
+                    sends.append((failure.stage, (ArticleBatch(tuple(batch)).to_message(),)))
+            elif failure.poll_id is not None and message == POLL:
+                sends.append((failure.stage, (PollRef(failure.poll_id).to_message(),)))
+            elif failure.feed_id is not None and message == FEED:
+                sends.append((failure.stage, (failure.feed_id,)))
+            elif message == NOTHING:
+                sends.append((failure.stage, ()))
     # After the commit: a worker must find the articles pending when the message arrives.
-    for task, args in sends:
-        task.delay(*args)
+    for stage_name, args in sends:
+        send(stage_name, *args)
     return len(failures)
 
 

@@ -15,14 +15,11 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 
 from schemas.db import session_scope
-from schemas.models import PENDING, STAGES, Article, utcnow
-from schemas.payloads import ArticleBatch
+from schemas.models import PENDING, Article, utcnow
+from schemas.payloads import ArticleBatch, chunked
+from schemas.pipeline import positions_from
 from schemas.settings import Settings
-from tasks.store import chunked
-from workers.scheduler import STAGE_TASKS
-
-#: The stages ``reprocess`` can restart from, in pipeline order.
-REPROCESS_STAGES = tuple(STAGE_TASKS)
+from tasks.base import send
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class Selection:
     article_ids: tuple[int, ...] | None = None
 
     def conditions(self) -> list:
-        conditions = [Article.stage.in_(STAGES[STAGES.index(self.stage):])]
+        conditions = [Article.stage.in_(positions_from(self.stage))]
         if self.article_ids is not None:
             conditions.append(Article.id.in_(self.article_ids))
         if self.feed_id is not None:
@@ -68,5 +65,5 @@ def enqueue_stage(settings: Settings, stage: str, article_ids: list[int]) -> int
     """Send the articles to the stage's queue in batches; return how many batches."""
     batches = chunked(article_ids, settings.batch_size)
     for batch in batches:
-        STAGE_TASKS[stage].delay(ArticleBatch(tuple(batch)).to_message())
+        send(stage, ArticleBatch(tuple(batch)).to_message())
     return len(batches)

@@ -26,20 +26,14 @@ from schemas.models import (
     Poll,
     utcnow,
 )
-from schemas.payloads import ArticleBatch, PollRef
+from schemas.payloads import ArticleBatch, PollRef, chunked
+from schemas.pipeline import ARTICLE_STAGES
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask
-from tasks.classify import classify_task
-from tasks.clean import clean_task
-from tasks.dedupe import dedupe_task
-from tasks.fetch import fetch_task
-from tasks.parse import parse_task
-from tasks.store import chunked
-from tasks.websub import feeds_to_subscribe, websub_subscribe_task
+from tasks.base import StageTask, send
+from tasks.websub import feeds_to_subscribe
 
 log = logging.getLogger(__name__)
 
-STAGE_TASKS = {"clean": clean_task, "dedupe": dedupe_task, "classify": classify_task}
 #: Most feeds one dispatch claims; the next dispatch takes the rest.
 DISPATCH_LIMIT = 500
 
@@ -87,7 +81,7 @@ def claim_feeds(
 
 def enqueue_fetches(poll_ids: Sequence[int]) -> None:
     for poll_id in poll_ids:
-        fetch_task.delay(PollRef(poll_id).to_message())
+        send("fetch", PollRef(poll_id).to_message())
 
 
 def requeue_unfinished(settings: Settings, older_than: float | None = None) -> dict[str, int]:
@@ -99,7 +93,7 @@ def requeue_unfinished(settings: Settings, older_than: float | None = None) -> d
     """
     counts: dict[str, int] = {}
     polls = select(Poll.id).where(Poll.status == POLL_FETCHED)
-    articles = select(Article.stage, Article.id).where(Article.status == PENDING, Article.stage.in_(list(STAGE_TASKS)))
+    articles = select(Article.stage, Article.id).where(Article.status == PENDING, Article.stage.in_(ARTICLE_STAGES))
     if older_than is not None:
         cutoff = utcnow() - timedelta(seconds=older_than)
         polls = polls.where(func.coalesce(Poll.started_at, Poll.requested_at) < cutoff)
@@ -108,12 +102,12 @@ def requeue_unfinished(settings: Settings, older_than: float | None = None) -> d
         unparsed = list(session.scalars(polls))
         pending = session.execute(articles.order_by(Article.id)).all()
     for poll_id in unparsed:
-        parse_task.delay(PollRef(poll_id).to_message())
+        send("parse", PollRef(poll_id).to_message())
     counts["parse"] = len(unparsed)
-    for stage, task in STAGE_TASKS.items():
+    for stage in ARTICLE_STAGES:
         ids = [article_id for row_stage, article_id in pending if row_stage == stage]
         for batch in chunked(ids, settings.batch_size):
-            task.delay(ArticleBatch(tuple(batch)).to_message())
+            send(stage, ArticleBatch(tuple(batch)).to_message())
         counts[stage] = len(ids)
     return counts
 
@@ -125,7 +119,7 @@ def dispatch_task() -> int:
     poll_ids = claim_feeds(settings)
     enqueue_fetches(poll_ids)
     for feed_id in feeds_to_subscribe(settings):
-        websub_subscribe_task.delay(feed_id)
+        send("websub", feed_id)
     return len(poll_ids)
 
 

@@ -25,14 +25,13 @@ from schemas.models import (
     PENDING,
     POLL_FINISHED,
     POLL_QUEUED,
-    STAGES,
     Article,
     Feed,
     Poll,
 )
+from schemas.payloads import chunked
+from schemas.pipeline import ARTICLE_STAGES, QUEUES
 from schemas.settings import Settings
-from tasks.store import chunked
-from workers.celery_app import QUEUES
 from workers.scheduler import claim_feeds, enqueue_fetches, requeue_unfinished
 
 WORKER_STOP_GRACE = 30.0
@@ -48,9 +47,6 @@ PROGRESS_EVERY = 0.05
 #: during a round of 10,000 articles (index entries of rows that later moved on are visited too),
 #: 5 to 15% of the database's time; the count of unfinished polls takes 0.1 ms.
 PENDING_COUNT_EVERY = 1.0
-#: Article stages that are not the end: ``stage IN (...)`` is a range of the (stage, status) index,
-#: where ``stage != 'done'`` is not.
-UNFINISHED_STAGES = STAGES[:-1]
 
 
 def celery_command(*args: str) -> list[str]:
@@ -217,7 +213,8 @@ def _progress(settings: Settings, poll_ids: list[int], last: Progress | None = N
             finished += session.scalar(
                 select(func.count()).select_from(Poll).where(Poll.id.in_(chunk), Poll.status.in_(POLL_FINISHED))
             ) or 0
-        unfinished = (Article.status == PENDING, Article.stage.in_(UNFINISHED_STAGES))
+        # ``stage IN (...)`` is a range of the (stage, status) index, where ``stage != 'done'`` is not.
+        unfinished = (Article.status == PENDING, Article.stage.in_(ARTICLE_STAGES))
         if last is None:
             pending = session.scalar(select(func.count()).select_from(Article).where(*unfinished)) or 0
         elif finished < len(poll_ids):

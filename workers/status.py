@@ -32,9 +32,9 @@ from schemas.models import (
     Poll,
     utcnow,
 )
+from schemas.pipeline import ARTICLE_STAGES, DONE, QUEUES
 from schemas.settings import Settings
-from workers.celery_app import QUEUES, celery_config
-from workers.scheduler import STAGE_TASKS
+from workers.celery_app import celery_config
 
 #: Feeds listed as in trouble, worst first.
 TROUBLE_LIMIT = 10
@@ -166,7 +166,7 @@ def last_hour(session: Session, now: datetime) -> dict[str, Any]:
         "polls": polls,
         "articles_new": session.scalar(select(func.count()).select_from(Article).where(Article.created_at >= since)),
         "articles_done": session.scalar(
-            select(func.count()).select_from(Article).where(Article.stage == "done", Article.updated_at >= since)
+            select(func.count()).select_from(Article).where(Article.stage == DONE, Article.updated_at >= since)
         ),
         "failures": dict(
             session.execute(
@@ -201,7 +201,7 @@ def oldest_stuck(session: Session, now: datetime) -> dict[str, Any] | None:
     """The unfinished item waiting longest: an article pending in a stage, or a poll not yet fetched or parsed."""
     article = session.execute(
         select(Article.id, Article.stage, Article.updated_at)
-        .where(Article.status == PENDING, Article.stage.in_(list(STAGE_TASKS)))
+        .where(Article.status == PENDING, Article.stage.in_(ARTICLE_STAGES))
         .order_by(Article.updated_at, Article.id)
         .limit(1)
     ).first()

@@ -15,11 +15,10 @@ from sqlalchemy import delete, func, select, true
 
 from schemas.db import session_scope
 from schemas.models import Failure, Feed
+from schemas.pipeline import STAGE_NAMES
 from workers.cli.common import iso, migrated_settings
 from workers.cli.reprocess import Since
 from workers.failures import FailureFilter, open_failures
-
-STAGES = ("dispatch", "sweep", "fetch", "parse", "websub", "clean", "dedupe", "classify")
 
 
 def _as_dict(failure: Failure, *, traceback: bool = False) -> dict[str, Any]:
@@ -45,7 +44,7 @@ def selection(stage: str | None, feed_url: str | None, since: datetime | None) -
 
 
 filter_options = [
-    click.option("--stage", type=click.Choice(STAGES), help="Only failures of this stage."),
+    click.option("--stage", type=click.Choice(STAGE_NAMES), help="Only failures of this stage."),
     click.option("--feed", "feed_url", help="Only failures of this feed's polls and articles."),
     click.option("--since", type=Since(), help="Only failures last seen since then: 2024-05-01, 12h, 7d."),
 ]

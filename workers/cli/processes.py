@@ -12,13 +12,13 @@ from typing import TextIO
 import click
 
 from schemas.db import migrate, redact_url
+from schemas.pipeline import QUEUES
 from schemas.settings import Settings, current_settings
 from workers import service
-from workers.celery_app import QUEUES
 from workers.cli.common import migrated_settings
-from workers.metrics import worker_environment
 from workers.scheduler import claim_feeds, enqueue_fetches
 from workers.web import serve
+from workers.worker_metrics import worker_environment
 
 
 @click.command("migrate")

@@ -12,14 +12,9 @@ from sqlalchemy import select
 
 from schemas.db import session_scope
 from schemas.models import Feed, utcnow
+from schemas.pipeline import REPROCESS_STAGES, article_stages_from
 from workers.cli.common import iso, migrated_settings
-from workers.reprocess import (
-    REPROCESS_STAGES,
-    Selection,
-    count_selected,
-    enqueue_stage,
-    reset_to_stage,
-)
+from workers.reprocess import Selection, count_selected, enqueue_stage, reset_to_stage
 
 #: Changing more articles than this asks first (unless --yes).
 CONFIRM_ABOVE = 100
@@ -69,7 +64,7 @@ def reprocess(stage: str, since: datetime | None, feed_url: str | None, yes: boo
             raise click.ClickException(f"no feed {feed_url}")
     selection = Selection(stage=stage, feed_id=feed_id, since=since)
     count = count_selected(settings, selection)
-    following = REPROCESS_STAGES[REPROCESS_STAGES.index(stage):]
+    following = article_stages_from(stage)
     scope = (f" of {feed_url}" if feed_url else "") + (f" stored since {iso(since)}" if since else "")
     plan = f"{count} article(s){scope} go back to {stage} and then run {' -> '.join(following)} again"
     if not as_json:

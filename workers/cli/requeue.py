@@ -13,12 +13,13 @@ import click
 from sqlalchemy import select
 
 from schemas.db import session_scope
-from schemas.models import STAGES, Article
+from schemas.models import Article
+from schemas.pipeline import REPROCESS_STAGES, article_stages_from, positions_from
 from workers.cli.common import migrated_settings
 from workers.cli.failures import selection, with_filters
 from workers.cli.reprocess import CONFIRM_ABOVE
 from workers.failures import close_article_failures, open_failures, requeue_failures
-from workers.reprocess import REPROCESS_STAGES, Selection, enqueue_stage, reset_to_stage
+from workers.reprocess import Selection, enqueue_stage, reset_to_stage
 
 
 @click.group()
@@ -61,8 +62,8 @@ def requeue_article(article_ids: tuple[int, ...], stage: str, dry_run: bool, yes
     wanted = tuple(dict.fromkeys(article_ids))
     with session_scope(settings) as session:
         found = dict(session.execute(select(Article.id, Article.stage).where(Article.id.in_(wanted))).all())
-    reached = [i for i in wanted if i in found and STAGES.index(found[i]) >= STAGES.index(stage)]
-    following = " -> ".join(REPROCESS_STAGES[REPROCESS_STAGES.index(stage):])
+    reached = [i for i in wanted if i in found and found[i] in positions_from(stage)]
+    following = " -> ".join(article_stages_from(stage))
     click.echo(f"{'would send' if dry_run else 'sending'} {len(reached)} article(s) back to {stage}, then {following}")
     for article_id in wanted:
         if article_id not in found:
