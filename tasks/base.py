@@ -23,7 +23,8 @@ from schemas.payloads import ArticleBatch, chunked
 from schemas.pipeline import stage_named, stage_of_task
 from schemas.settings import current_settings
 from tasks import metrics
-from tasks.failures import is_transient, record_task_failure
+from tasks.failures import is_transient
+from tasks.storage.failures import record_task_failure
 
 #: The running task's ids (task_id, task_name, and poll_id, feed_id or article_ids
 #: from its message), for the log filter in workers/logs.py; empty between tasks.

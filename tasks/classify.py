@@ -50,7 +50,7 @@ from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
 from tasks.classify_model import TopicModel, active_model
 from tasks.rules import CompiledRule, RuleOutcome, apply_rules, load_rules
-from tasks.store import Changes, run_article_stage
+from tasks.storage.articles import Changes, run_article_stage
 
 STAGE = stage_named("classify").name
 DATA_DIR = Path(__file__).parent / "data"

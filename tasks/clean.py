@@ -37,7 +37,7 @@ from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
 from tasks.fulltext import MAX_DEFERRALS, Page, PageRound, fetch_pages, wants_page
-from tasks.store import Changes, run_article_stage
+from tasks.storage.articles import Changes, run_article_stage
 
 STAGE = stage_named("clean").name
 # Longer input is cut before parsing, so one huge entry cannot stall a worker.

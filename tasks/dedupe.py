@@ -45,7 +45,7 @@ from schemas.payloads import ArticleBatch
 from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
-from tasks.store import Changes, run_article_stage
+from tasks.storage.articles import Changes, run_article_stage
 
 STAGE = stage_named("dedupe").name
 #: MinHash permutations; LSH uses the first BANDS * ROWS of them.

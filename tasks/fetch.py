@@ -36,9 +36,9 @@ from schemas.settings import Settings, current_settings
 from tasks import metrics
 from tasks.base import StageTask, hand_on
 from tasks.http import safe_get
-from tasks.politeness import drop_host_slot, release_host_slot, take_host_slot
 from tasks.schedule import http_hints
-from tasks.store import finish_poll_of_feed
+from tasks.storage.feeds import finish_poll_of_feed
+from tasks.storage.hosts import claim_host_slot, free_host_slot
 
 ERROR_TEXT_LIMIT = 500
 CACHE_HEADERS = ("cache-control", "expires", "retry-after")
@@ -99,7 +99,7 @@ def run_fetch(settings: Settings, poll_id: int) -> FetchStep:
             return FetchStep(parse=poll is not None and poll.status == POLL_FETCHED)
         assert feed is not None
         url, etag, last_modified = feed.url, feed.etag, feed.last_modified
-        claim = take_host_slot(session, settings, urlsplit(url).hostname or "", poll_id)
+        claim = claim_host_slot(session, settings, urlsplit(url).hostname or "", poll_id)
         if claim.slot_id is None:
             # Waiting our turn is not a stuck fetch: keep the feed's lease alive.
             feed.lease_until = utcnow() + timedelta(seconds=settings.lease_seconds)
@@ -113,11 +113,12 @@ def run_fetch(settings: Settings, poll_id: int) -> FetchStep:
         # and it would be written twice; this way the poll and the feed are one UPDATE each.
         with session_scope(settings) as session, session.no_autoflush:
             relaxed_commit(session)
-            drop_host_slot(session, claim.slot_id)
+            free_host_slot(session, claim.slot_id)
             return FetchStep(parse=record_fetch(session, settings, poll_id, result, duration_ms))
     except BaseException:
         # Nothing recorded: free the slot now rather than when its lease ends.
-        release_host_slot(settings, claim.slot_id)
+        with session_scope(settings) as session:
+            free_host_slot(session, claim.slot_id)
         raise
 
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from schemas.db import session_scope
 from schemas.settings import Settings
 from tasks.http import safe_get
-from tasks.politeness import claim_host_slot, release_host_slot
+from tasks.storage.hosts import SlotClaim, claim_host_slot, free_host_slot
 
 FULL_TEXT_MODES = ("on", "off", "auto")
 PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
@@ -112,16 +113,16 @@ def fetch_pages(settings: Settings, wanted: list[tuple[int, str]], give_up_waiti
     for article_id, link in wanted:
         host = urlsplit(link).hostname or ""
         waited = 0.0
-        claim = claim_host_slot(settings, host, None)
+        claim = _claim(settings, host)
         while claim.slot_id is None and waited + claim.wait_seconds <= SLOT_WAIT_LIMIT:
             if time.monotonic() + claim.wait_seconds > budget_end:
                 break
             time.sleep(claim.wait_seconds)
             waited += claim.wait_seconds
-            claim = claim_host_slot(settings, host, None)
+            claim = _claim(settings, host)
         if claim.slot_id is None or time.monotonic() > budget_end:
             if claim.slot_id is not None:
-                release_host_slot(settings, claim.slot_id)
+                _free(settings, claim.slot_id)
             if give_up_waiting:
                 result.pages[article_id] = Page(link, note=f"full text: {host} stayed busy; kept the feed's text")
             else:
@@ -131,7 +132,7 @@ def fetch_pages(settings: Settings, wanted: list[tuple[int, str]], give_up_waiti
         try:
             final_url, body, error = fetch_page(link, settings)
         finally:
-            release_host_slot(settings, claim.slot_id)
+            _free(settings, claim.slot_id)
         if body is None:
             result.pages[article_id] = Page(final_url, note=f"full text: page fetch failed: {error}"[:NOTE_LIMIT])
             continue
@@ -140,3 +141,15 @@ def fetch_pages(settings: Settings, wanted: list[tuple[int, str]], give_up_waiti
         except Exception as exc:  # a page trafilatura cannot read keeps the summary
             result.pages[article_id] = Page(final_url, note=f"full text: extraction failed: {exc}"[:NOTE_LIMIT])
     return result
+
+
+def _claim(settings: Settings, host: str) -> SlotClaim:
+    # Its own short transaction: the slot counts for other workers at once, and no lock is
+    # held while this worker fetches or sleeps.
+    with session_scope(settings) as session:
+        return claim_host_slot(session, settings, host, None)
+
+
+def _free(settings: Settings, slot_id: int) -> None:
+    with session_scope(settings) as session:
+        free_host_slot(session, slot_id)

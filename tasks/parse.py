@@ -49,7 +49,7 @@ from schemas.pipeline import FIRST_ARTICLE_STAGE
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
 from tasks.schedule import feed_hints, http_hints
-from tasks.store import finish_poll_of_feed
+from tasks.storage.feeds import finish_poll_of_feed
 
 log = logging.getLogger(__name__)
 

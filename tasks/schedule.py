@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+from schemas.settings import Settings
+
 WEEK = 7 * 86400
 #: Publisher hints are honoured up to this long; a year-long Expires is a mistake, not a wish.
 MAX_HINT = 7 * 86400
@@ -39,6 +41,16 @@ class SchedulePolicy:
     max_interval: int
     error_backoff_cap: int
     jitter: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SchedulePolicy:
+        return cls(
+            default_interval=settings.poll_interval,
+            min_interval=settings.min_interval,
+            max_interval=settings.max_interval,
+            error_backoff_cap=settings.error_backoff_cap,
+            jitter=settings.schedule_jitter,
+        )
 
 
 @dataclass(frozen=True)

@@ -122,17 +122,20 @@ def test_summary_only_feed_gets_full_text_from_the_page(
 
 
 def test_busy_host_defers_the_page_then_gives_up_with_a_note(sqlite_settings: Settings, publisher: Publisher) -> None:
+    from schemas.db import session_scope
     from tasks.fulltext import fetch_pages
-    from tasks.politeness import claim_host_slot, release_host_slot
+    from tasks.storage.hosts import claim_host_slot, free_host_slot
 
     url = publisher.add("/news/busy.html", PAGE.format(title="Busy", paragraphs=""), content_type="text/html")
-    held = [claim_host_slot(sqlite_settings, "127.0.0.1", None) for _ in range(sqlite_settings.host_max_concurrent)]
+    with session_scope(sqlite_settings) as session:
+        held = [claim_host_slot(session, sqlite_settings, "127.0.0.1", None) for _ in range(sqlite_settings.host_max_concurrent)]
     try:
         waiting = fetch_pages(sqlite_settings, [(7, url)], give_up_waiting=False)
         assert waiting.deferred == [7] and waiting.pages == {} and waiting.wait_seconds >= 1.0
         given_up = fetch_pages(sqlite_settings, [(7, url)], give_up_waiting=True)
         assert given_up.deferred == [] and given_up.pages[7].note.startswith("full text: 127.0.0.1 stayed busy")
     finally:
-        for claim in held:
-            release_host_slot(sqlite_settings, claim.slot_id)
+        with session_scope(sqlite_settings) as session:
+            for claim in held:
+                free_host_slot(session, claim.slot_id)
     assert publisher.hits("/news/busy.html") == 0

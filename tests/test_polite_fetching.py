@@ -19,7 +19,7 @@ from schemas.models import Feed, Poll, utcnow
 from schemas.settings import Settings
 from tasks.fetch import run_fetch
 from tasks.parse import run_parse
-from tasks.politeness import claim_host_slot, release_host_slot
+from tasks.storage.hosts import SlotClaim, claim_host_slot, free_host_slot
 from tests.conftest import (
     Publisher,
     WorkerProcess,
@@ -158,18 +158,24 @@ def test_feeds_show_explains_schedule_and_history(settings: Settings, publisher:
 
 def test_host_slots_limit_concurrency_and_spacing(sqlite_settings: Settings) -> None:
     polite = dataclasses.replace(sqlite_settings, host_max_concurrent=2, host_min_interval=0.5)
-    first = claim_host_slot(polite, "news.example.org", 1)
+
+    def claim(host: str, poll_id: int) -> SlotClaim:
+        with session_scope(polite) as session:
+            return claim_host_slot(session, polite, host, poll_id)
+
+    first = claim("news.example.org", 1)
     assert first.slot_id is not None
-    too_soon = claim_host_slot(polite, "news.example.org", 2)
+    too_soon = claim("news.example.org", 2)
     assert too_soon.slot_id is None and 0 < too_soon.wait_seconds <= 0.5
-    assert claim_host_slot(polite, "other.example.org", 3).slot_id is not None  # hosts are independent
+    assert claim("other.example.org", 3).slot_id is not None  # hosts are independent
     time.sleep(0.55)
-    second = claim_host_slot(polite, "news.example.org", 2)
+    second = claim("news.example.org", 2)
     assert second.slot_id is not None
     time.sleep(0.55)
-    assert claim_host_slot(polite, "news.example.org", 4).slot_id is None  # two in flight
-    release_host_slot(polite, first.slot_id)
-    assert claim_host_slot(polite, "news.example.org", 4).slot_id is not None
+    assert claim("news.example.org", 4).slot_id is None  # two in flight
+    with session_scope(polite) as session:
+        free_host_slot(session, first.slot_id)
+    assert claim("news.example.org", 4).slot_id is not None
 
 
 @pytest.mark.parametrize(

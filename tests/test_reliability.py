@@ -21,7 +21,7 @@ from schemas.pipeline import stage_of_task
 from schemas.settings import Settings
 from tasks.failures import is_transient
 from tasks.parse import run_parse
-from tasks.store import run_article_stage
+from tasks.storage.articles import run_article_stage
 from tests.conftest import (
     WorkerProcess,
     feedmill,

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from schemas.db import session_scope
 from schemas.models import FAILED, PENDING, Article, Feed
 from schemas.settings import Settings
-from tasks.store import run_article_stage
+from tasks.storage.articles import run_article_stage
 from tests.conftest import (
     EXAMPLES,
     Publisher,

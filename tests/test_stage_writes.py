@@ -15,7 +15,7 @@ from schemas.settings import Settings
 from tasks import classify, clean
 from tasks.classify import run_classify
 from tasks.clean import run_clean
-from tasks.store import run_article_stage
+from tasks.storage.articles import run_article_stage
 from tests.conftest import add_feed
 
 ENGLISH = "The council said the new harbour wall would be finished by spring, after two years of delays and storms."

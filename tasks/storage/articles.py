@@ -1,4 +1,4 @@
-"""The SQL side of the article stages: claim a batch, apply a stage, advance it.
+"""Articles in their stages: claim a batch, apply a stage's decisions, advance it.
 
 Every article stage (clean, dedupe, classify) runs through
 ``run_article_stage``. It only touches articles still waiting for that stage,
@@ -12,27 +12,19 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from schemas.db import session_scope
-from schemas.models import FAILED, OK, PENDING, Article, Feed, utcnow
+from schemas.models import FAILED, OK, PENDING, Article, utcnow
 from schemas.pipeline import DONE, article_position_after
 from schemas.settings import Settings
 from tasks import metrics
-from tasks.failures import is_transient, record_failure
-from tasks.schedule import (
-    MIN_ENTRIES_FOR_RATE,
-    WEEK,
-    FeedHints,
-    HttpHints,
-    PollOutcome,
-    SchedulePolicy,
-    decide_next_poll,
-)
+from tasks.failures import is_transient
+from tasks.storage.failures import record_failure
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +38,6 @@ DecideArticle = Callable[[Row[Any]], Changes]
 PrepareBatch = Callable[[Session, Sequence[Row[Any]]], None]
 
 ERROR_TEXT_LIMIT = 2000
-#: How far back the publishing rate of a feed is measured.
-RATE_WINDOW = timedelta(days=28)
 
 
 def run_article_stage(
@@ -146,53 +136,3 @@ def _record_failed(session: Session, stage: str, article_id: int, exc: Exception
 def _error_text(stage: str, exc: BaseException) -> str:
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return f"{stage}: {detail}"[:ERROR_TEXT_LIMIT]
-
-
-def finish_poll_of_feed(
-    session: Session,
-    settings: Settings,
-    feed: Feed,
-    kind: str,
-    http: HttpHints,
-    error: str | None = None,
-) -> None:
-    """A poll of ``feed`` ended (``kind``: ok, error or deferred): count errors,
-    release the lease, and decide the next poll with its reason."""
-    now = utcnow()
-    if kind == "ok":
-        feed.consecutive_errors, feed.last_error = 0, None
-    elif kind == "error":
-        feed.consecutive_errors += 1
-        feed.last_error = error
-    feed.lease_until = None
-    outcome = PollOutcome(
-        kind=kind,
-        consecutive_errors=feed.consecutive_errors,
-        entries_per_week=entries_per_week(session, feed.id, now),
-        override_seconds=feed.interval_override,
-        http=http,
-        feed=FeedHints.from_dict(feed.schedule_hints),
-    )
-    decision = decide_next_poll(outcome, schedule_policy(settings), now)
-    feed.next_poll_at, feed.next_poll_reason = decision.next_poll_at, decision.reason
-
-
-def entries_per_week(session: Session, feed_id: int, now: datetime) -> float | None:
-    """The feed's publishing rate over ``RATE_WINDOW``; None while it has too few entries to tell."""
-    seen_at = func.coalesce(Article.published_at, Article.created_at)
-    total, recent = session.execute(
-        select(func.count(), func.count().filter(seen_at >= now - RATE_WINDOW)).where(Article.feed_id == feed_id)
-    ).one()
-    if total < MIN_ENTRIES_FOR_RATE:
-        return None
-    return recent / (RATE_WINDOW.total_seconds() / WEEK)
-
-
-def schedule_policy(settings: Settings) -> SchedulePolicy:
-    return SchedulePolicy(
-        default_interval=settings.poll_interval,
-        min_interval=settings.min_interval,
-        max_interval=settings.max_interval,
-        error_backoff_cap=settings.error_backoff_cap,
-        jitter=settings.schedule_jitter,
-    )

@@ -1,4 +1,4 @@
-"""Per-host politeness shared by every worker process and host, kept in SQL.
+"""Hosts: per-host politeness shared by every worker process and host, kept in SQL.
 
 At most ``host_max_concurrent`` fetches in flight to one host and at least
 ``host_min_interval`` seconds between the starts of two of them. The state
@@ -16,7 +16,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from schemas.db import insert_for, session_scope
+from schemas.db import insert_for
 from schemas.models import Host, HostFetch, utcnow
 from schemas.settings import Settings
 
@@ -32,12 +32,7 @@ class SlotClaim:
     wait_seconds: float = 0.0
 
 
-def claim_host_slot(settings: Settings, host: str, poll_id: int | None) -> SlotClaim:
-    with session_scope(settings) as session:
-        return take_host_slot(session, settings, host, poll_id)
-
-
-def take_host_slot(session: Session, settings: Settings, host: str, poll_id: int | None) -> SlotClaim:
+def claim_host_slot(session: Session, settings: Settings, host: str, poll_id: int | None) -> SlotClaim:
     """Claim a slot inside the caller's transaction, so a fetch can start in the one it reads its poll in.
 
     The slot only counts for other workers once that transaction commits, which it must do before the request.
@@ -62,11 +57,6 @@ def take_host_slot(session: Session, settings: Settings, host: str, poll_id: int
     return SlotClaim(slot.id)
 
 
-def release_host_slot(settings: Settings, slot_id: int) -> None:
-    with session_scope(settings) as session:
-        drop_host_slot(session, slot_id)
-
-
-def drop_host_slot(session: Session, slot_id: int) -> None:
-    """Free a slot inside the caller's transaction (the fetch records its outcome in the same one)."""
+def free_host_slot(session: Session, slot_id: int) -> None:
+    """Free a slot inside the caller's transaction (a fetch records its outcome in the same one)."""
     session.execute(delete(HostFetch).where(HostFetch.id == slot_id))

@@ -1,0 +1,11 @@
+"""The storage layer: the SQL of feedmill, one module per domain.
+
+Stage logic (``tasks/<stage>``) is plain functions of values; a stage's Celery task loads what
+the logic needs through these modules, calls it, writes its decisions through them and hands
+on. The command line (``workers/``) reads and changes the store through them too.
+
+- ``articles``: articles in their stages (``run_article_stage``: claim, decide, write, advance);
+- ``feeds``: the end of a poll and the next one, the publishing rate;
+- ``hosts``: per-host politeness slots shared by every worker;
+- ``failures``: dead letters.
+"""
