@@ -13,17 +13,17 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import shared_task
-from sqlalchemy import select
 
 from schemas.db import session_scope
-from schemas.models import POLL_FETCHED, Feed, Poll, utcnow
+from schemas.models import utcnow
 from schemas.payloads import PollRef
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, send
 from tasks.http import FetchRefused, check_url_allowed, http_client
+from tasks.storage import feeds, polls
 
 #: Lease we ask hubs for; they may grant less, and we renew before it ends.
 REQUESTED_LEASE_SECONDS = 10 * 86400
@@ -50,65 +50,59 @@ def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected, digest.strip().lower())
 
 
+def subscription_due(state: str, expires_at: datetime | None, requested_at: datetime | None, now: datetime) -> bool:
+    """A feed that wants WebSub needs a (re)subscription: never asked, refused, expiring, or unanswered."""
+    if state in ("none", "failed", "denied"):
+        return True
+    if state == "active":
+        return expires_at is None or expires_at - RENEW_BEFORE < now
+    if state == "requested":
+        return requested_at is None or requested_at + VERIFY_TIMEOUT < now
+    return False
+
+
 def feeds_to_subscribe(settings: Settings) -> list[int]:
     """Mark feeds that want WebSub and need a (re)subscription as requested; return their ids."""
-    now = utcnow()
     with session_scope(settings) as session:
-        feeds = session.scalars(
-            select(Feed)
-            .where(Feed.websub_wanted.is_(True), Feed.status == "active", Feed.websub_hub.is_not(None))
-            .with_for_update(skip_locked=True)
-        ).all()
-        due = []
-        for feed in feeds:
-            expiring = feed.websub_state == "active" and (
-                feed.websub_expires_at is None or feed.websub_expires_at - RENEW_BEFORE < now
-            )
-            unanswered = feed.websub_state == "requested" and (
-                feed.websub_requested_at is None or feed.websub_requested_at + VERIFY_TIMEOUT < now
-            )
-            if feed.websub_state in ("none", "failed", "denied") or expiring or unanswered:
-                feed.websub_state, feed.websub_requested_at = "requested", now
-                feed.websub_secret = feed.websub_secret or secrets.token_hex(32)
-                due.append(feed.id)
-        return due
+        return feeds.request_websub_subscriptions(session, subscription_due, utcnow(), lambda: secrets.token_hex(32))
 
 
 def request_subscription(settings: Settings, feed_id: int) -> None:
     """POST the subscription request to the feed's hub; the hub then verifies our intent."""
     with session_scope(settings) as session:
-        feed = session.get(Feed, feed_id)
-        if feed is None or feed.websub_hub is None or feed.websub_state != "requested":
-            return
-        hub, topic, secret = feed.websub_hub, feed.websub_topic or feed.url, feed.websub_secret or ""
-    error = None
-    if not settings.websub_callback_url:
-        error = "FEEDMILL_WEBSUB_CALLBACK_URL is not set: hubs cannot reach us"
-    else:
-        try:
-            check_url_allowed(hub, settings.allow_private_networks)
-            response = http_client().post(
-                hub,
-                data={
-                    "hub.mode": "subscribe",
-                    "hub.topic": topic,
-                    "hub.callback": callback_url(settings, feed_id),
-                    "hub.secret": secret,
-                    "hub.lease_seconds": str(REQUESTED_LEASE_SECONDS),
-                },
-                timeout=settings.fetch_timeout,
-            )
-            if response.status_code not in (202, 204):
-                error = f"hub answered HTTP {response.status_code}"
-        except (FetchRefused, OSError) as exc:
-            error = f"hub unreachable: {exc}"
-        except Exception as exc:  # httpx errors: the hub is an outside server
-            error = f"hub request failed: {type(exc).__name__}: {exc}"
+        request = feeds.websub_request(session, feed_id)
+    if request is None:
+        return
+    error = subscribe_at_hub(settings, feed_id, request)
     if error is not None:
         with session_scope(settings) as session:
-            feed = session.get(Feed, feed_id)
-            if feed is not None and feed.websub_state == "requested":
-                feed.websub_state, feed.last_error = "failed", f"websub: {error}"
+            feeds.websub_request_failed(session, feed_id, f"websub: {error}")
+
+
+def subscribe_at_hub(settings: Settings, feed_id: int, request: feeds.WebSubRequest) -> str | None:
+    """The subscription request to the hub; None when the hub accepted it, else why not."""
+    if not settings.websub_callback_url:
+        return "FEEDMILL_WEBSUB_CALLBACK_URL is not set: hubs cannot reach us"
+    try:
+        check_url_allowed(request.hub, settings.allow_private_networks)
+        response = http_client().post(
+            request.hub,
+            data={
+                "hub.mode": "subscribe",
+                "hub.topic": request.topic,
+                "hub.callback": callback_url(settings, feed_id),
+                "hub.secret": request.secret,
+                "hub.lease_seconds": str(REQUESTED_LEASE_SECONDS),
+            },
+            timeout=settings.fetch_timeout,
+        )
+    except (FetchRefused, OSError) as exc:
+        return f"hub unreachable: {exc}"
+    except Exception as exc:  # httpx errors: the hub is an outside server
+        return f"hub request failed: {type(exc).__name__}: {exc}"
+    if response.status_code not in (202, 204):
+        return f"hub answered HTTP {response.status_code}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -117,27 +111,41 @@ class Verification:
     body: str
 
 
-def verify_intent(settings: Settings, feed_id: int, params: dict[str, str]) -> Verification:
-    """Answer a hub's GET to our callback: echo the challenge only for what we asked."""
+@dataclass(frozen=True)
+class VerificationDecision:
+    """The answer to a hub's verification, and the subscription state it leaves (None: unchanged)."""
+
+    answer: Verification
+    state: str | None = None
+    expires_at: datetime | None = None
+    error: str | None = None
+
+
+def decide_verification(subscription: feeds.WebSubSubscription, params: dict[str, str], now: datetime) -> VerificationDecision:
+    """Echo the challenge only for what we asked: a subscription we requested, an unsubscription we wanted."""
     mode, topic = params.get("hub.mode", ""), params.get("hub.topic", "")
-    now = utcnow()
+    ours = topic in (subscription.topic, subscription.url)
+    if mode == "denied":
+        reason = params.get("hub.reason", "no reason given")
+        return VerificationDecision(Verification(200, ""), "denied", error=f"websub: hub denied the subscription: {reason}")
+    if mode == "subscribe" and ours and subscription.wanted and subscription.state in ("requested", "active"):
+        lease = int(params.get("hub.lease_seconds") or REQUESTED_LEASE_SECONDS)
+        return VerificationDecision(Verification(200, params.get("hub.challenge", "")), "active", now + timedelta(seconds=lease))
+    if mode == "unsubscribe" and ours and not subscription.wanted:
+        return VerificationDecision(Verification(200, params.get("hub.challenge", "")), "none")
+    return VerificationDecision(Verification(404, "no such subscription requested"))
+
+
+def verify_intent(settings: Settings, feed_id: int, params: dict[str, str]) -> Verification:
+    """Answer a hub's GET to our callback."""
     with session_scope(settings) as session:
-        feed = session.get(Feed, feed_id, with_for_update=True)
-        if feed is None:
+        subscription = feeds.websub_subscription(session, feed_id, lock=True)
+        if subscription is None:
             return Verification(404, "unknown subscription")
-        ours = topic in (feed.websub_topic, feed.url)
-        if mode == "denied":
-            feed.websub_state = "denied"
-            feed.last_error = f"websub: hub denied the subscription: {params.get('hub.reason', 'no reason given')}"
-            return Verification(200, "")
-        if mode == "subscribe" and ours and feed.websub_wanted and feed.websub_state in ("requested", "active"):
-            lease = int(params.get("hub.lease_seconds") or REQUESTED_LEASE_SECONDS)
-            feed.websub_state, feed.websub_expires_at = "active", now + timedelta(seconds=lease)
-            return Verification(200, params.get("hub.challenge", ""))
-        if mode == "unsubscribe" and ours and not feed.websub_wanted:
-            feed.websub_state, feed.websub_expires_at = "none", None
-            return Verification(200, params.get("hub.challenge", ""))
-    return Verification(404, "no such subscription requested")
+        decision = decide_verification(subscription, params, utcnow())
+        if decision.state is not None:
+            feeds.set_websub_state(session, feed_id, decision.state, decision.expires_at, decision.error)
+        return decision.answer
 
 
 def accept_push(settings: Settings, feed_id: int, body: bytes, content_type: str | None, signature: str | None) -> int | None:
@@ -147,29 +155,12 @@ def accept_push(settings: Settings, feed_id: int, body: bytes, content_type: str
     answered 2xx, as WebSub requires, so a forger learns nothing).
     """
     with session_scope(settings) as session:
-        feed = session.get(Feed, feed_id)
-        if feed is None or not feed.websub_secret or feed.websub_state != "active":
+        subscription = feeds.websub_subscription(session, feed_id)
+        if subscription is None or not subscription.secret or subscription.state != "active":
             return None
-        if not signature_valid(feed.websub_secret, body, signature):
+        if not signature_valid(subscription.secret, body, signature) or len(body) > settings.max_body_bytes:
             return None
-        if len(body) > settings.max_body_bytes:
-            return None
-        now = utcnow()
-        poll = Poll(
-            feed_id=feed_id,
-            kind="push",
-            status=POLL_FETCHED,
-            requested_at=now,
-            started_at=now,
-            status_code=200,
-            final_url=feed.websub_topic or feed.url,
-            body=body,
-            size_bytes=len(body),
-            content_type=content_type,
-        )
-        session.add(poll)
-        session.flush()
-        poll_id = poll.id
+        poll_id = polls.add_pushed_poll(session, feed_id, subscription.topic or subscription.url, body, content_type)
     send("parse", PollRef(poll_id).to_message())
     return poll_id
 

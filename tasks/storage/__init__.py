@@ -5,7 +5,8 @@ the logic needs through these modules, calls it, writes its decisions through th
 on. The command line (``workers/``) reads and changes the store through them too.
 
 - ``articles``: articles in their stages (``run_article_stage``: claim, decide, write, advance);
-- ``feeds``: the end of a poll and the next one, the publishing rate;
+- ``feeds``: the end of a poll and the next one, the publishing rate, WebSub subscription state;
+- ``polls``: poll rows (a WebSub push becomes one);
 - ``hosts``: per-host politeness slots shared by every worker;
 - ``failures``: dead letters.
 """

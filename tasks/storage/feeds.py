@@ -1,10 +1,13 @@
-"""Feeds: the end of a poll (errors counted, lease released, next poll decided) and the publishing rate."""
+"""Feeds: the end of a poll (errors counted, lease released, next poll decided), the publishing
+rate, and the WebSub subscription state."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from schemas.models import Article, Feed, utcnow
@@ -61,3 +64,70 @@ def entries_per_week(session: Session, feed_id: int, now: datetime) -> float | N
     if total < MIN_ENTRIES_FOR_RATE:
         return None
     return recent / (RATE_WINDOW.total_seconds() / WEEK)
+
+
+@dataclass(frozen=True)
+class WebSubSubscription:
+    """A feed's WebSub subscription as the verification and push handlers need it."""
+
+    url: str
+    topic: str | None
+    secret: str | None
+    state: str
+    wanted: bool
+
+
+@dataclass(frozen=True)
+class WebSubRequest:
+    hub: str
+    topic: str
+    secret: str
+
+
+def request_websub_subscriptions(
+    session: Session,
+    due: Callable[[str, datetime | None, datetime | None, datetime], bool],
+    now: datetime,
+    new_secret: Callable[[], str],
+) -> list[int]:
+    """Mark active feeds that want WebSub, know their hub and are ``due`` as requested; return their ids."""
+    feeds = session.scalars(
+        select(Feed)
+        .where(Feed.websub_wanted.is_(True), Feed.status == "active", Feed.websub_hub.is_not(None))
+        .with_for_update(skip_locked=True)
+    ).all()
+    requested = []
+    for feed in feeds:
+        if due(feed.websub_state, feed.websub_expires_at, feed.websub_requested_at, now):
+            feed.websub_state, feed.websub_requested_at = "requested", now
+            feed.websub_secret = feed.websub_secret or new_secret()
+            requested.append(feed.id)
+    return requested
+
+
+def websub_request(session: Session, feed_id: int) -> WebSubRequest | None:
+    """What to send the hub for a feed whose subscription is requested; None if it no longer is."""
+    feed = session.get(Feed, feed_id)
+    if feed is None or feed.websub_hub is None or feed.websub_state != "requested":
+        return None
+    return WebSubRequest(feed.websub_hub, feed.websub_topic or feed.url, feed.websub_secret or "")
+
+
+def websub_request_failed(session: Session, feed_id: int, error: str) -> None:
+    feed = session.get(Feed, feed_id, with_for_update=True)
+    if feed is not None and feed.websub_state == "requested":
+        feed.websub_state, feed.last_error = "failed", error
+
+
+def websub_subscription(session: Session, feed_id: int, lock: bool = False) -> WebSubSubscription | None:
+    feed = session.get(Feed, feed_id, with_for_update=lock)
+    if feed is None:
+        return None
+    return WebSubSubscription(feed.url, feed.websub_topic, feed.websub_secret, feed.websub_state, feed.websub_wanted)
+
+
+def set_websub_state(session: Session, feed_id: int, state: str, expires_at: datetime | None, error: str | None) -> None:
+    values: dict[str, object] = {"websub_state": state, "websub_expires_at": expires_at}
+    if error is not None:
+        values["last_error"] = error
+    session.execute(update(Feed).where(Feed.id == feed_id).values(**values))
