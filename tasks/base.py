@@ -90,7 +90,16 @@ def hand_on(stage: str, message: dict[str, Any]) -> None:
         send(successor, message)
 
 
+def send_articles(stage: str, article_ids: Sequence[int]) -> int:
+    """Send articles to ``stage`` in batches of ``FEEDMILL_BATCH_SIZE``; return how many batches."""
+    batches = chunked(article_ids, current_settings().batch_size)
+    for batch in batches:
+        send(stage, ArticleBatch(tuple(batch)).to_message())
+    return len(batches)
+
+
 def hand_on_articles(stage: str, article_ids: Sequence[int]) -> None:
-    """Send articles ``stage`` has finished to the next stage, in batches of ``FEEDMILL_BATCH_SIZE``."""
-    for batch in chunked(article_ids, current_settings().batch_size):
-        hand_on(stage, ArticleBatch(tuple(batch)).to_message())
+    """Send articles ``stage`` has finished to the next stage, if any."""
+    successor = stage_named(stage).successor
+    if successor is not None:
+        send_articles(successor, article_ids)

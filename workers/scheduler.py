@@ -26,10 +26,10 @@ from schemas.models import (
     Poll,
     utcnow,
 )
-from schemas.payloads import ArticleBatch, PollRef, chunked
+from schemas.payloads import PollRef
 from schemas.pipeline import ARTICLE_STAGES
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask, send
+from tasks.base import StageTask, send, send_articles
 from tasks.websub import feeds_to_subscribe
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,7 @@ def requeue_unfinished(settings: Settings, older_than: float | None = None) -> d
     counts["parse"] = len(unparsed)
     for stage in ARTICLE_STAGES:
         ids = [article_id for row_stage, article_id in pending if row_stage == stage]
-        for batch in chunked(ids, settings.batch_size):
-            send(stage, ArticleBatch(tuple(batch)).to_message())
+        send_articles(stage, ids)
         counts[stage] = len(ids)
     return counts
 

@@ -4,7 +4,8 @@ Stage logic (``tasks/<stage>``) is plain functions of values; a stage's Celery t
 the logic needs through these modules, calls it, writes its decisions through them and hands
 on. The command line (``workers/``) reads and changes the store through them too.
 
-- ``articles``: articles in their stages (``run_article_stage``: claim, decide, write, advance);
+- ``articles``: articles in their stages (``run_article_stage``: claim, decide, write, advance;
+  sending stored articles back to a stage);
 - ``feeds``: the end of a poll and the next one, the publishing rate, WebSub subscription state;
 - ``polls``: poll rows (a WebSub push becomes one);
 - ``hosts``: per-host politeness slots shared by every worker;

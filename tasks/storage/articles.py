@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from schemas.db import session_scope
 from schemas.models import FAILED, OK, PENDING, Article, utcnow
-from schemas.pipeline import DONE, article_position_after
+from schemas.pipeline import DONE, article_position_after, positions_from
 from schemas.settings import Settings
 from tasks import metrics
 from tasks.failures import is_transient
@@ -136,3 +137,40 @@ def _record_failed(session: Session, stage: str, article_id: int, exc: Exception
 def _error_text(stage: str, exc: BaseException) -> str:
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return f"{stage}: {detail}"[:ERROR_TEXT_LIMIT]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which stored articles to send back to ``stage`` (``feedmill reprocess``, ``requeue article``)."""
+
+    stage: str
+    feed_id: int | None = None
+    #: Only articles stored at or after this time.
+    since: datetime | None = None
+    #: Only these articles (``feedmill requeue article``).
+    article_ids: tuple[int, ...] | None = None
+
+    def conditions(self) -> list:
+        conditions = [Article.stage.in_(positions_from(self.stage))]
+        if self.article_ids is not None:
+            conditions.append(Article.id.in_(self.article_ids))
+        if self.feed_id is not None:
+            conditions.append(Article.feed_id == self.feed_id)
+        if self.since is not None:
+            conditions.append(Article.created_at >= self.since)
+        return conditions
+
+
+def count_selected(session: Session, selection: Selection) -> int:
+    return session.scalar(select(func.count()).select_from(Article).where(*selection.conditions())) or 0
+
+
+def reset_to_stage(session: Session, selection: Selection) -> list[int]:
+    """Put the selected articles back to their stage, pending; return their ids."""
+    ids = session.scalars(
+        update(Article)
+        .where(*selection.conditions())
+        .values(stage=selection.stage, status=PENDING, error=None, updated_at=utcnow())
+        .returning(Article.id)
+    ).all()
+    return sorted(ids)

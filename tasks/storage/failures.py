@@ -1,16 +1,19 @@
-"""Dead letters: the ``failures`` table, one row per failed article or per task message that failed for good."""
+"""Dead letters: the ``failures`` table, one row per failed article or per task message that failed
+for good; listing them and taking them back for ``feedmill requeue failed``."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
-from schemas.models import Failure, utcnow
+from schemas.models import FAILED, PENDING, Article, Failure, Poll, utcnow
 from schemas.pipeline import stage_of_task
 from schemas.settings import Settings
 
@@ -84,3 +87,62 @@ def _subject(task: str, args: Sequence[Any]) -> tuple[str, dict[str, Any]]:
     if message is None:
         return task, {}
     raise ValueError("unknown message shape")
+
+
+@dataclass(frozen=True)
+class FailureFilter:
+    stage: str | None = None
+    feed_id: int | None = None
+    since: datetime | None = None
+
+
+def open_failures(session: Session, selection: FailureFilter = FailureFilter()) -> list[Failure]:
+    """Failures not yet re-queued, newest first, narrowed by stage, feed and last_seen."""
+    query = select(Failure).where(Failure.requeued_at.is_(None)).order_by(Failure.last_seen.desc(), Failure.id.desc())
+    if selection.stage:
+        query = query.where(Failure.stage == selection.stage)
+    if selection.since:
+        query = query.where(Failure.last_seen >= selection.since)
+    failures = list(session.scalars(query))
+    if selection.feed_id is not None:
+        failures = [f for f in failures if selection.feed_id in _feeds_of(session, f)]
+    return failures
+
+
+def _feeds_of(session: Session, failure: Failure) -> set[int]:
+    if failure.feed_id is not None:
+        return {failure.feed_id}
+    if failure.article_ids:
+        return set(session.scalars(select(Article.feed_id).where(Article.id.in_(failure.article_ids))))
+    if failure.poll_id is not None:
+        return set(session.scalars(select(Poll.feed_id).where(Poll.id == failure.poll_id)))
+    return set()
+
+
+def take_open_failures(session: Session, failure_ids: Sequence[int]) -> list[Failure]:
+    """Lock these failures if still open and mark them re-queued; the caller sends them on after commit."""
+    failures = session.scalars(
+        select(Failure).where(Failure.id.in_(list(failure_ids)), Failure.requeued_at.is_(None)).with_for_update()
+    ).all()
+    now = utcnow()
+    for failure in failures:
+        failure.requeued_at = now
+    return list(failures)
+
+
+def reopen_failed_articles(session: Session, article_ids: Sequence[int], stage: str) -> None:
+    """Failed articles of ``stage`` go back to pending in it."""
+    session.execute(
+        update(Article)
+        .where(Article.id.in_(list(article_ids)), Article.stage == stage, Article.status == FAILED)
+        .values(status=PENDING, error=None, updated_at=utcnow())
+    )
+
+
+def close_article_failures(session: Session, article_ids: Sequence[int]) -> int:
+    """Mark the open failures of these articles re-queued (they were sent back some other way)."""
+    return session.execute(
+        update(Failure)
+        .where(Failure.requeued_at.is_(None), Failure.subject.in_([f"article {i}" for i in article_ids]))
+        .values(requeued_at=utcnow())
+    ).rowcount

@@ -16,9 +16,9 @@ from sqlalchemy import delete, func, select, true
 from schemas.db import session_scope
 from schemas.models import Failure, Feed
 from schemas.pipeline import STAGE_NAMES
+from tasks.storage.failures import FailureFilter, open_failures
 from workers.cli.common import iso, migrated_settings
 from workers.cli.reprocess import Since
-from workers.failures import FailureFilter, open_failures
 
 
 def _as_dict(failure: Failure, *, traceback: bool = False) -> dict[str, Any]:
@@ -66,7 +66,8 @@ def failures() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array for scripts.")
 def list_command(stage: str | None, feed_url: str | None, since: datetime | None, as_json: bool) -> None:
     """Open failures (not yet re-queued), newest first."""
-    rows = open_failures(migrated_settings(), selection(stage, feed_url, since))
+    with session_scope(migrated_settings()) as session:
+        rows = open_failures(session, selection(stage, feed_url, since))
     if as_json:
         click.echo(json.dumps([_as_dict(f) for f in rows], indent=2))
         return

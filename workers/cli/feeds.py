@@ -17,8 +17,8 @@ from schemas.models import Article, Failure, Feed, Poll, Rule, utcnow
 from schemas.settings import Settings
 from tasks.dedupe import delete_index_rows
 from tasks.fulltext import FULL_TEXT_MODES
+from tasks.storage.failures import FailureFilter, open_failures
 from workers.cli.common import iso, migrated_settings
-from workers.failures import FailureFilter, open_failures
 from workers.scheduler import claim_feeds, enqueue_fetches
 
 
@@ -326,7 +326,7 @@ def feeds_remove(urls: tuple[str, ...], yes: bool) -> None:
         articles = session.scalar(select(func.count()).select_from(Article).where(Article.feed_id.in_(ids)))
         polls = session.scalar(select(func.count()).select_from(Poll).where(Poll.feed_id.in_(ids)))
         rules = session.scalar(select(func.count()).select_from(Rule).where(Rule.feed_id.in_(ids)))
-    failures = {f.id for feed_id in ids for f in open_failures(settings, FailureFilter(feed_id=feed_id))}
+        failures = {f.id for feed_id in ids for f in open_failures(session, FailureFilter(feed_id=feed_id))}
     click.echo(f"removing {len(ids)} feed(s) with {articles} article(s), {polls} poll(s), {rules} feed rule(s) "
                f"and {len(failures)} open failure(s)")
     if not yes:

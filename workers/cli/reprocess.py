@@ -13,8 +13,9 @@ from sqlalchemy import select
 from schemas.db import session_scope
 from schemas.models import Feed, utcnow
 from schemas.pipeline import REPROCESS_STAGES, article_stages_from
+from tasks.base import send_articles
+from tasks.storage.articles import Selection, count_selected, reset_to_stage
 from workers.cli.common import iso, migrated_settings
-from workers.reprocess import Selection, count_selected, enqueue_stage, reset_to_stage
 
 #: Changing more articles than this asks first (unless --yes).
 CONFIRM_ABOVE = 100
@@ -63,7 +64,8 @@ def reprocess(stage: str, since: datetime | None, feed_url: str | None, yes: boo
         if feed_id is None:
             raise click.ClickException(f"no feed {feed_url}")
     selection = Selection(stage=stage, feed_id=feed_id, since=since)
-    count = count_selected(settings, selection)
+    with session_scope(settings) as session:
+        count = count_selected(session, selection)
     following = article_stages_from(stage)
     scope = (f" of {feed_url}" if feed_url else "") + (f" stored since {iso(since)}" if since else "")
     plan = f"{count} article(s){scope} go back to {stage} and then run {' -> '.join(following)} again"
@@ -76,8 +78,9 @@ def reprocess(stage: str, since: datetime | None, feed_url: str | None, yes: boo
         return
     if count > CONFIRM_ABOVE and not yes:
         click.confirm(f"change {count} articles?", abort=True, err=True)
-    ids = reset_to_stage(settings, selection)
-    batches = enqueue_stage(settings, stage, ids)
+    with session_scope(settings) as session:
+        ids = reset_to_stage(session, selection)
+    batches = send_articles(stage, ids)
     if as_json:
         click.echo(json.dumps({"stage": stage, "articles": len(ids), "batches": batches, "dry_run": False,
                                "feed_url": feed_url, "since": iso(since)}))

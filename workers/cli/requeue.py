@@ -15,11 +15,13 @@ from sqlalchemy import select
 from schemas.db import session_scope
 from schemas.models import Article
 from schemas.pipeline import REPROCESS_STAGES, article_stages_from, positions_from
+from tasks.base import send_articles
+from tasks.storage.articles import Selection, reset_to_stage
+from tasks.storage.failures import close_article_failures, open_failures
 from workers.cli.common import migrated_settings
 from workers.cli.failures import selection, with_filters
 from workers.cli.reprocess import CONFIRM_ABOVE
-from workers.failures import close_article_failures, open_failures, requeue_failures
-from workers.reprocess import Selection, enqueue_stage, reset_to_stage
+from workers.failures import requeue_failures
 
 
 @click.group()
@@ -34,7 +36,8 @@ def requeue() -> None:
 def requeue_failed(stage: str | None, feed_url: str | None, since: datetime | None, dry_run: bool, yes: bool) -> None:
     """Re-queue open failures: failed articles go back to pending in their stage, failed messages are sent again."""
     settings = migrated_settings()
-    rows = open_failures(settings, selection(stage, feed_url, since))
+    with session_scope(settings) as session:
+        rows = open_failures(session, selection(stage, feed_url, since))
     click.echo(f"{'would re-queue' if dry_run else 're-queuing'} {len(rows)} open failure(s)")
     for f in rows:
         click.echo(f"  {f.id}: {f.stage} {f.subject[:60]}")
@@ -75,8 +78,10 @@ def requeue_article(article_ids: tuple[int, ...], stage: str, dry_run: bool, yes
         return
     if len(reached) > CONFIRM_ABOVE and not yes:
         click.confirm(f"re-queue {len(reached)} articles?", abort=True, err=True)
-    ids = reset_to_stage(settings, Selection(stage=stage, article_ids=tuple(reached)))
-    closed = close_article_failures(settings, ids)
-    batches = enqueue_stage(settings, stage, ids)
+    with session_scope(settings) as session:
+        ids = reset_to_stage(session, Selection(stage=stage, article_ids=tuple(reached)))
+    with session_scope(settings) as session:
+        closed = close_article_failures(session, ids)
+    batches = send_articles(stage, ids)
     click.echo(f"reset {len(ids)} article(s) to {stage}, pending; enqueued {batches} batch(es) on the {stage} queue"
                + (f"; marked {closed} open failure(s) re-queued" if closed else ""))
