@@ -49,8 +49,9 @@ from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
 from tasks.classify_model import TopicModel, active_model
-from tasks.rules import CompiledRule, RuleOutcome, apply_rules, load_rules
+from tasks.rules import CompiledRule, RuleOutcome, apply_rules, compile_rules
 from tasks.storage.articles import Changes, run_article_stage
+from tasks.storage.rules import all_rules
 
 STAGE = stage_named("classify").name
 DATA_DIR = Path(__file__).parent / "data"
@@ -352,7 +353,7 @@ class ClassifySetup:
 
 
 def load_setup(session: Session) -> ClassifySetup:
-    return ClassifySetup(model=active_model(session), rules=load_rules(session))
+    return ClassifySetup(model=active_model(session), rules=compile_rules(all_rules(session)))
 
 
 def classify_article(title: str, text: str, model: TopicModel | None = None) -> Classification:

@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import regex
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from schemas.models import Rule
 
@@ -124,8 +122,8 @@ def _backtracking_probes(pattern: str) -> list[str]:
     return [c * PROBE_LENGTH + "\x00" for c in sorted(chars)]
 
 
-def load_rules(session: Session) -> tuple[CompiledRule, ...]:
-    """Every rule, compiled, in id order: one query per classify batch."""
+def compile_rules(rules: Sequence[Rule]) -> tuple[CompiledRule, ...]:
+    """Stored rules, compiled, in their order (loaded once per classify batch)."""
     return tuple(
         CompiledRule(
             id=rule.id,
@@ -137,7 +135,7 @@ def load_rules(session: Session) -> tuple[CompiledRule, ...]:
             fields=tuple(rule.fields),
             compiled=compile_pattern(rule.kind, rule.pattern),
         )
-        for rule in session.scalars(select(Rule).order_by(Rule.id))
+        for rule in rules
     )
 
 

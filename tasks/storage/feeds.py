@@ -26,6 +26,10 @@ from tasks.schedule import (
 RATE_WINDOW = timedelta(days=28)
 
 
+def feed_by_url(session: Session, url: str) -> Feed | None:
+    return session.scalar(select(Feed).where(Feed.url == url.strip()))
+
+
 def finish_poll_of_feed(
     session: Session,
     settings: Settings,

@@ -14,10 +14,10 @@ import click
 from sqlalchemy import delete, func, select, true
 
 from schemas.db import session_scope
-from schemas.models import Failure, Feed
+from schemas.models import Failure
 from schemas.pipeline import STAGE_NAMES
 from tasks.storage.failures import FailureFilter, open_failures
-from workers.cli.common import iso, migrated_settings
+from workers.cli.common import find_feed, iso, migrated_settings
 from workers.cli.reprocess import Since
 
 
@@ -37,9 +37,7 @@ def selection(stage: str | None, feed_url: str | None, since: datetime | None) -
     feed_id = None
     if feed_url is not None:
         with session_scope(migrated_settings()) as session:
-            feed_id = session.scalar(select(Feed.id).where(Feed.url == feed_url))
-        if feed_id is None:
-            raise click.ClickException(f"no feed {feed_url}")
+            feed_id = find_feed(session, feed_url).id
     return FailureFilter(stage=stage, feed_id=feed_id, since=since)
 
 

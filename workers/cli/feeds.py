@@ -18,7 +18,7 @@ from schemas.settings import Settings
 from tasks.dedupe import delete_index_rows
 from tasks.fulltext import FULL_TEXT_MODES
 from tasks.storage.failures import FailureFilter, open_failures
-from workers.cli.common import iso, migrated_settings
+from workers.cli.common import find_feed, iso, migrated_settings
 from workers.scheduler import claim_feeds, enqueue_fetches
 
 
@@ -148,13 +148,6 @@ def _latest_polls(session: Session, feed_ids: list[int]) -> dict[int, Poll]:
     return {poll.feed_id: poll for poll in session.scalars(select(Poll).where(Poll.id.in_(latest)))}
 
 
-def _find_feed(session: Session, url: str) -> Feed:
-    feed = session.scalar(select(Feed).where(Feed.url == url.strip()))
-    if feed is None:
-        raise click.ClickException(f"no feed with URL {url!r} (see: feedmill feeds list)")
-    return feed
-
-
 def _describe(r: dict[str, Any]) -> str:
     if r["last_polled_at"]:
         last = f"{r['last_result'] or '-'} (HTTP {r['last_status_code'] or '-'}) at {r['last_polled_at']}"
@@ -195,7 +188,7 @@ def feeds_list(as_json: bool) -> None:
 def feeds_show(url: str, history: int, as_json: bool) -> None:
     """Explain one feed's schedule, with its recent poll history."""
     with session_scope(migrated_settings()) as session:
-        feed = _find_feed(session, url)
+        feed = find_feed(session, url)
         polls = session.scalars(select(Poll).where(Poll.feed_id == feed.id).order_by(Poll.id.desc()).limit(history)).all()
         last_poll = next((poll for poll in polls if poll.kind == "poll"), None)
         record = _feed_record(feed, last_poll) | {"history": [_poll_record(poll) for poll in polls]}
@@ -248,7 +241,7 @@ def feeds_set(url: str, interval: str | None, full_text: str | None) -> None:
         raise click.UsageError("give --interval, --full-text or both")
     seconds = parse_interval(interval) if interval is not None else None
     with session_scope(migrated_settings()) as session:
-        feed = _find_feed(session, url)
+        feed = find_feed(session, url)
         if interval is not None:
             feed.interval_override = seconds
         if full_text is not None:
@@ -266,7 +259,7 @@ def feeds_pause(urls: tuple[str, ...], reason: str) -> None:
     """Stop polling feeds until resumed."""
     with session_scope(migrated_settings()) as session:
         for url in urls:
-            feed = _find_feed(session, url)
+            feed = find_feed(session, url)
             feed.status, feed.status_reason = "paused", reason
     click.echo(f"paused {len(urls)} feed(s)")
 
@@ -277,7 +270,7 @@ def feeds_resume(urls: tuple[str, ...]) -> None:
     """Poll paused or retired feeds again, starting now."""
     with session_scope(migrated_settings()) as session:
         for url in urls:
-            feed = _find_feed(session, url)
+            feed = find_feed(session, url)
             feed.status, feed.status_reason = "active", f"resumed after: {feed.status_reason or feed.status}"
             feed.next_poll_at, feed.next_poll_reason = utcnow(), "resumed by an operator"
             feed.consecutive_errors = 0
@@ -286,7 +279,7 @@ def feeds_resume(urls: tuple[str, ...]) -> None:
 
 def _feed_ids(session: Session, urls: tuple[str, ...]) -> dict[str, int]:
     """The ids of these feed URLs, in order; an unknown URL is an error."""
-    return {url: _find_feed(session, url).id for url in dict.fromkeys(url.strip() for url in urls)}
+    return {url: find_feed(session, url).id for url in dict.fromkeys(url.strip() for url in urls)}
 
 
 @feeds.command("poll")

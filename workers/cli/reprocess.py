@@ -8,14 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from schemas.db import session_scope
-from schemas.models import Feed, utcnow
+from schemas.models import utcnow
 from schemas.pipeline import REPROCESS_STAGES, article_stages_from
 from tasks.base import send_articles
 from tasks.storage.articles import Selection, count_selected, reset_to_stage
-from workers.cli.common import iso, migrated_settings
+from workers.cli.common import find_feed, iso, migrated_settings
 
 #: Changing more articles than this asks first (unless --yes).
 CONFIRM_ABOVE = 100
@@ -60,9 +59,7 @@ def reprocess(stage: str, since: datetime | None, feed_url: str | None, yes: boo
     feed_id = None
     if feed_url is not None:
         with session_scope(settings) as session:
-            feed_id = session.scalar(select(Feed.id).where(Feed.url == feed_url))
-        if feed_id is None:
-            raise click.ClickException(f"no feed {feed_url}")
+            feed_id = find_feed(session, feed_url).id
     selection = Selection(stage=stage, feed_id=feed_id, since=since)
     with session_scope(settings) as session:
         count = count_selected(session, selection)

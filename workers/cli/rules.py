@@ -6,12 +6,13 @@ import json
 from typing import Any
 
 import click
-from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
-from schemas.models import Feed, Rule
+from schemas.models import Rule
 from tasks.rules import ACTIONS, DEFAULT_FIELDS, FIELDS, RuleError, check_rule
-from workers.cli.common import iso, migrated_settings
+from tasks.storage import rules as stored_rules
+from workers.cli.common import find_feed, iso, migrated_settings
 
 RELABEL_HINT = "apply it to stored articles with: feedmill reprocess --stage classify"
 
@@ -21,13 +22,8 @@ def rules() -> None:
     """Tag, drop or keep articles by keyword or regex (applied in the classify stage)."""
 
 
-def _feed_id(session: Any, url: str | None) -> int | None:
-    if url is None:
-        return None
-    feed_id = session.scalar(select(Feed.id).where(Feed.url == url))
-    if feed_id is None:
-        raise click.ClickException(f"no feed {url}; add it first with: feedmill feeds add {url}")
-    return feed_id
+def _feed_id(session: Session, url: str | None) -> int | None:
+    return None if url is None else find_feed(session, url).id
 
 
 @rules.command("add")
@@ -55,11 +51,8 @@ def rules_add(action: str, keyword: str | None, regex: str | None, fields: tuple
     except RuleError as exc:
         raise click.ClickException(str(exc)) from exc
     with session_scope(migrated_settings()) as session:
-        rule = Rule(feed_id=_feed_id(session, feed_url), action=action, tag=tag.strip() if tag else None,
-                    kind=kind, pattern=pattern, fields=list(dict.fromkeys(fields)))
-        session.add(rule)
-        session.flush()
-        rule_id = rule.id
+        rule_id = stored_rules.add_rule(session, _feed_id(session, feed_url), action, tag.strip() if tag else None,
+                                        kind, pattern, list(dict.fromkeys(fields)))
     click.echo(f"added rule {rule_id}; new articles get it from the next classify batch; {RELABEL_HINT}")
 
 
@@ -74,10 +67,8 @@ def _rule_record(rule: Rule, feed_url: str | None) -> dict[str, Any]:
 def rules_list(feed_url: str | None, as_json: bool) -> None:
     """List rules in the order they are applied."""
     with session_scope(migrated_settings()) as session:
-        query = select(Rule, Feed.url).outerjoin(Feed, Feed.id == Rule.feed_id).order_by(Rule.id)
-        if feed_url is not None:
-            query = query.where((Rule.feed_id == _feed_id(session, feed_url)) | Rule.feed_id.is_(None))
-        records = [_rule_record(rule, url) for rule, url in session.execute(query)]
+        rows = stored_rules.rules_with_feed_urls(session, _feed_id(session, feed_url))
+        records = [_rule_record(rule, url) for rule, url in rows]
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
@@ -95,7 +86,7 @@ def rules_list(feed_url: str | None, as_json: bool) -> None:
 def rules_remove(rule_ids: tuple[int, ...]) -> None:
     """Remove rules by id (articles they dropped stay dropped until reprocessed)."""
     with session_scope(migrated_settings()) as session:
-        removed = session.scalars(delete(Rule).where(Rule.id.in_(rule_ids)).returning(Rule.id)).all()
+        removed = stored_rules.remove_rules(session, rule_ids)
     missing = sorted(set(rule_ids) - set(removed))
     if missing:
         raise click.ClickException(f"no rule {', '.join(map(str, missing))}; removed {len(removed)}")
