@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from schemas.models import ClassifierModel
 from schemas.payloads import TopicEvidence
+from tasks.storage import classifier_models
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -330,7 +329,7 @@ def split_holdout(
     return [examples[i] for i in train_idx], [examples[i] for i in test_idx]
 
 
-# --- storage --------------------------------------------------------------------
+# --- storing and loading ----------------------------------------------------------
 
 
 def save_model(
@@ -338,34 +337,12 @@ def save_model(
 ) -> int:
     """Register the model (the next version), write its file, optionally make it the active one."""
     data = model.to_bytes()
-    row = ClassifierModel(
-        labels=list(model.labels),
-        source=source,
-        metrics=metrics,
-        sha256=hashlib.sha256(data).hexdigest(),
-        data=data,
-        active=False,
-    )
-    session.add(row)
-    session.flush()
     folder = home / MODELS_DIRNAME
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"classifier-v{row.id}.joblib"
-    path.write_bytes(data)
-    row.path = str(path.resolve())
-    if activate:
-        set_active(session, row.id)
-    return row.id
-
-
-def set_active(session: Session, version: int | None) -> None:
-    """Make ``version`` the model workers use; None goes back to the default lexicon."""
-    if version is not None and session.get(ClassifierModel, version) is None:
-        raise LookupError(f"no classifier model version {version}")
-    session.execute(update(ClassifierModel).where(ClassifierModel.active).values(active=False))
-    session.flush()
-    if version is not None:
-        session.execute(update(ClassifierModel).where(ClassifierModel.id == version).values(active=True))
+    return classifier_models.add_model(
+        session, list(model.labels), source, metrics, hashlib.sha256(data).hexdigest(), data,
+        path_for=lambda version: str((folder / f"classifier-v{version}.joblib").resolve()), activate=activate,
+    )
 
 
 _loaded: TopicModel | None = None
@@ -374,21 +351,16 @@ _loaded: TopicModel | None = None
 def active_model(session: Session) -> TopicModel | None:
     """The active model, loaded only when its version differs from the one in memory."""
     global _loaded
-    row = session.execute(
-        select(ClassifierModel.id, ClassifierModel.sha256).where(ClassifierModel.active)
-    ).first()
-    if row is None:
+    active = classifier_models.active_version(session)
+    if active is None:
         return None
-    if _loaded is None or (_loaded.version, _loaded.sha256) != (row.id, row.sha256):
-        data = session.scalar(select(ClassifierModel.data).where(ClassifierModel.id == row.id))
-        _loaded = TopicModel.from_bytes(data, version=row.id)
-        log.info("loaded classifier model version %s (%s)", row.id, ", ".join(_loaded.labels))
+    version, sha256 = active
+    if _loaded is None or (_loaded.version, _loaded.sha256) != (version, sha256):
+        _loaded = TopicModel.from_bytes(classifier_models.model_data(session, version), version=version)
+        log.info("loaded classifier model version %s (%s)", version, ", ".join(_loaded.labels))
     return _loaded
 
 
 def stored_model(session: Session, version: int) -> TopicModel:
     """One stored version, active or not (for ``classifier evaluate --model``)."""
-    row = session.get(ClassifierModel, version)
-    if row is None:
-        raise LookupError(f"no classifier model version {version}")
-    return TopicModel.from_bytes(row.data, version=row.id)
+    return TopicModel.from_bytes(classifier_models.model_data(session, version), version=version)

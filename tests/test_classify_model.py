@@ -22,10 +22,10 @@ from tasks.classify_model import (
     evaluate,
     read_labelled,
     save_model,
-    set_active,
     split_holdout,
     train,
 )
+from tasks.storage.classifier_models import set_active
 from tests.conftest import feedmill
 
 # A small labelled set of the project's own: three labels that are not IPTC topics.

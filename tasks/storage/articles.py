@@ -20,7 +20,7 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from schemas.db import session_scope
-from schemas.models import FAILED, OK, PENDING, Article, utcnow
+from schemas.models import FAILED, OK, PENDING, Article, Feed, utcnow
 from schemas.pipeline import DONE, article_position_after, positions_from
 from schemas.settings import Settings
 from tasks import metrics
@@ -174,3 +174,10 @@ def reset_to_stage(session: Session, selection: Selection) -> list[int]:
         .returning(Article.id)
     ).all()
     return sorted(ids)
+
+
+def article_with_feed_url(session: Session, article_id: int) -> tuple[Article, str] | None:
+    row = session.execute(
+        select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(Article.id == article_id)
+    ).first()
+    return (row[0], row[1]) if row is not None else None

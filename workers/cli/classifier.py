@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from schemas.db import session_scope
-from schemas.models import Article, ClassifierModel, Feed
 from tasks.classify import explain_article, load_setup
 from tasks.classify_model import (
     Example,
@@ -23,11 +21,11 @@ from tasks.classify_model import (
     evaluate,
     read_labelled,
     save_model,
-    set_active,
     split_holdout,
     stored_model,
     train,
 )
+from tasks.storage import articles, classifier_models
 from workers.cli.common import iso, migrated_settings
 
 RELABEL_HINT = "relabel stored articles with: feedmill reprocess --stage classify"
@@ -81,7 +79,7 @@ def train_command(labelled: str, holdout: float, activate: bool, as_json: bool) 
     metrics = {"examples": len(examples), "holdout": holdout, "report": report.as_dict() if report else None}
     with session_scope(settings) as session:
         version = save_model(session, model, settings.home, str(Path(labelled).resolve()), metrics, activate)
-        path = session.get(ClassifierModel, version).path
+        path = classifier_models.model_path(session, version)
     if as_json:
         click.echo(json.dumps({"version": version, "path": path, "active": activate, "labels": list(model.labels),
                                "examples": len(examples), "report": metrics["report"]}, indent=2))
@@ -154,10 +152,7 @@ def evaluate_command(labelled: str, model: str | None, folds: int | None, as_jso
 def list_command(as_json: bool) -> None:
     """List stored model versions; the active one is marked."""
     with session_scope(migrated_settings()) as session:
-        rows = session.execute(
-            select(ClassifierModel.id, ClassifierModel.created_at, ClassifierModel.labels, ClassifierModel.source,
-                   ClassifierModel.path, ClassifierModel.metrics, ClassifierModel.active).order_by(ClassifierModel.id)
-        ).all()
+        rows = classifier_models.list_models(session)
     records = [
         {"version": r.id, "created_at": iso(r.created_at), "active": r.active, "labels": r.labels,
          "source": r.source, "path": r.path, "examples": (r.metrics or {}).get("examples"),
@@ -181,7 +176,7 @@ def activate_command(version: int) -> None:
     """Make VERSION the model workers use for topics, from their next batch on."""
     with session_scope(migrated_settings()) as session:
         try:
-            set_active(session, version)
+            classifier_models.set_active(session, version)
         except LookupError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"model version {version} is active; {RELABEL_HINT}")
@@ -191,7 +186,7 @@ def activate_command(version: int) -> None:
 def deactivate_command() -> None:
     """Go back to the default lexicon for topics."""
     with session_scope(migrated_settings()) as session:
-        set_active(session, None)
+        classifier_models.set_active(session, None)
     click.echo(f"no model is active: topics come from the default lexicon; {RELABEL_HINT}")
 
 
@@ -201,9 +196,7 @@ def deactivate_command() -> None:
 def explain(article_id: int, as_json: bool) -> None:
     """Why ARTICLE_ID gets its topics, places, language, tags and drop: terms, scores, rules."""
     with session_scope(migrated_settings()) as session:
-        row = session.execute(
-            select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(Article.id == article_id)
-        ).first()
+        row = articles.article_with_feed_url(session, article_id)
         if row is None:
             raise click.ClickException(f"no article {article_id}")
         article, feed_url = row
