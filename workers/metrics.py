@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from schemas.db import session_scope
 from schemas.settings import Settings
+from tasks.storage import status as storage
 from workers import status
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,10 @@ class PipelineCollector:
             log.warning("queue depth unavailable: %s", status.scrub(str(exc), self.settings))
         yield depth
         with session_scope(self.settings) as session:
-            articles = status.article_counts(session)
-            feeds = status.feed_health(session)
-            failures = status.open_failures_by_stage(session)
-            duplicates = status.duplicates_by_reason(session)
+            articles = storage.article_counts(session)
+            feeds = storage.feed_health(session)
+            failures = storage.open_failures_by_stage(session)
+            duplicates = storage.duplicates_by_reason(session)
         yield _gauge("feedmill_articles", "Stored articles by the stage they wait for and status.", ["stage", "status"],
                      {(stage, state): n for stage, states in articles.items() for state, n in states.items()})
         yield _gauge("feedmill_feeds", "Feeds by health: ok, failing (errors in a row), paused, retired.",

@@ -5,9 +5,11 @@ the logic needs through these modules, calls it, writes its decisions through th
 on. The command line (``workers/``) reads and changes the store through them too.
 
 - ``articles``: articles in their stages (``run_article_stage``: claim, decide, write, advance;
-  sending stored articles back to a stage);
+  sending stored articles back to a stage), and the story clusters they form;
 - ``feeds``: the end of a poll and the next one, the publishing rate, WebSub subscription state;
 - ``polls``: poll rows (a WebSub push becomes one);
 - ``hosts``: per-host politeness slots shared by every worker;
-- ``failures``: dead letters.
+- ``failures``: dead letters;
+- ``rules``, ``classifier_models``: the operator's rules and trained topic models;
+- ``status``: the pipeline's counts for ``feedmill status`` and ``/metrics``.
 """

@@ -181,3 +181,45 @@ def article_with_feed_url(session: Session, article_id: int) -> tuple[Article, s
         select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(Article.id == article_id)
     ).first()
     return (row[0], row[1]) if row is not None else None
+
+
+def largest_clusters(session: Session, limit: int, min_size: int) -> list[dict[str, Any]]:
+    """Clusters of at least ``min_size`` articles, largest first, each with its articles (``feedmill clusters``)."""
+    size = func.count().label("size")
+    top = session.execute(
+        select(Article.cluster_id, size)
+        .where(Article.cluster_id.is_not(None))
+        .group_by(Article.cluster_id)
+        .having(func.count() >= min_size)
+        .order_by(size.desc(), Article.cluster_id)
+        .limit(limit)
+    ).all()
+    members: dict[int, list[dict[str, Any]]] = {cluster_id: [] for cluster_id, _ in top}
+    rows = session.execute(
+        select(Article, Feed.url)
+        .join(Feed, Feed.id == Article.feed_id)
+        .where(Article.cluster_id.in_(list(members)))
+        .order_by(Article.id)
+    ).all()
+    for article, feed_url in rows:
+        members[article.cluster_id].append({
+            "id": article.id,
+            "feed_url": feed_url,
+            "url": article.url or article.link,
+            "title": article.title,
+            "published_at": article.published_at,
+            "duplicate_of": article.duplicate_of,
+            "duplicate_reason": article.duplicate_reason,
+        })
+    clusters = []
+    for cluster_id, count in top:
+        articles = members[cluster_id]
+        first = next((a for a in articles if a["id"] == cluster_id), articles[0])
+        clusters.append({
+            "cluster_id": cluster_id,
+            "size": count,
+            "title": first["title"],
+            "feeds": sorted({a["feed_url"] for a in articles}),
+            "articles": articles,
+        })
+    return clusters
