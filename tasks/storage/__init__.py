@@ -9,5 +9,6 @@ on. The command line (``workers/``) reads and changes the store through them too
 - ``feeds``: the end of a poll and the next one, the publishing rate, WebSub subscription state;
 - ``polls``: poll rows (a WebSub push becomes one);
 - ``hosts``: per-host politeness slots shared by every worker;
+- ``furniture``: the paragraph fingerprints clean learns each feed's furniture from;
 - ``failures``: dead letters.
 """
