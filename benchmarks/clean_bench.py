@@ -22,13 +22,8 @@ import time
 from pathlib import Path
 
 from schemas.payloads import RawEntry
-from tasks.clean import (
-    draft_entry,
-    draft_with_page,
-    finish_entry,
-    learn_furniture,
-    paragraph_fingerprints,
-)
+from tasks.clean.entry import draft_entry, draft_with_page, finish_entry
+from tasks.clean.furniture import learn_furniture, paragraph_fingerprints
 from tasks.fulltext import extract_page
 
 FURNITURE = ("Listen to this article", "Get the Morning Briefing in your inbox every weekday.", "© Example News 2005")

@@ -296,7 +296,7 @@ def inline_child() -> dict:
     from schemas.payloads import chunked
     from schemas.settings import Settings
     from tasks.classify import run_classify
-    from tasks.clean import run_clean
+    from tasks.clean.stage import run_clean
     from tasks.dedupe import run_dedupe
     from tasks.fetch import run_fetch
     from tasks.parse import run_parse

@@ -45,7 +45,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("websub", "fetch", "feedmill.websub_subscribe", "tasks.websub", FEED),
     Stage("fetch", "fetch", "feedmill.fetch", "tasks.fetch", POLL, successor="parse"),
     Stage("parse", "parse", "feedmill.parse", "tasks.parse", POLL, successor="clean"),
-    Stage("clean", "clean", "feedmill.clean", "tasks.clean", ARTICLES, successor="dedupe", reprocessable=True),
+    Stage("clean", "clean", "feedmill.clean", "tasks.clean.stage", ARTICLES, successor="dedupe", reprocessable=True),
     Stage("dedupe", "dedupe", "feedmill.dedupe", "tasks.dedupe", ARTICLES, successor="classify", reprocessable=True),
     Stage("classify", "classify", "feedmill.classify", "tasks.classify", ARTICLES, reprocessable=True),
 )

@@ -1,4 +1,4 @@
-"""Tests for the clean stage (tasks/clean.py): seed articles, sanitizing, junk, robustness."""
+"""Tests for the clean stage (tasks/clean/): seed articles, sanitizing, junk, robustness."""
 
 from __future__ import annotations
 
@@ -18,17 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.payloads import CleanArticle, Image, RawEntry
-from tasks.clean import (
-    FURNITURE_MAX_CHARS,
-    canonical_url,
-    clean_entry,
-    draft_entry,
-    draft_with_page,
-    finish_entry,
-    learn_furniture,
-    paragraph_fingerprint,
-    paragraph_fingerprints,
-)
+from tasks.clean.entry import clean_entry, draft_entry, draft_with_page, finish_entry
+from tasks.clean.furniture import FURNITURE_MAX_CHARS, learn_furniture, paragraph_fingerprint, paragraph_fingerprints
+from tasks.clean.urls import canonical_url
 from tasks.fulltext import Page, extract_page, wants_page
 
 SEED_FEED = Path(__file__).resolve().parent.parent / "examples" / "seed-news.xml"

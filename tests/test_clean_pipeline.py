@@ -14,7 +14,7 @@ from sqlalchemy import select
 from schemas.db import session_scope
 from schemas.models import Article, Feed, ParagraphFingerprints
 from schemas.settings import Settings
-from tasks.clean import run_clean
+from tasks.clean.stage import run_clean
 from tasks.parse import parse_document, store_entries
 from tests.conftest import Publisher, WorkerProcess, feedmill, ok, rss
 

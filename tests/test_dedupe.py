@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from schemas.db import session_scope
 from schemas.models import PENDING, Article, MinhashBand, MinhashSignature, utcnow
 from schemas.settings import Settings
-from tasks.clean import run_clean
+from tasks.clean.stage import run_clean
 from tasks.dedupe import (
     NEAR,
     REISSUE,

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from schemas.db import session_scope
 from schemas.models import Article, Feed, Poll
 from schemas.settings import Settings
-from tasks.clean import clean_entry
+from tasks.clean.entry import clean_entry
 from tasks.parse import NotAFeed, parse_document
 from tests.conftest import Publisher, feedmill, ok, rss
 

@@ -12,9 +12,10 @@ from sqlalchemy import select, update
 from schemas.db import session_scope
 from schemas.models import FAILED, PENDING, Article, Failure, utcnow
 from schemas.settings import Settings
-from tasks import classify, clean
+from tasks import classify
 from tasks.classify import run_classify
-from tasks.clean import run_clean
+from tasks.clean import stage as clean_stage
+from tasks.clean.stage import run_clean
 from tasks.storage.articles import run_article_stage
 from tests.conftest import add_feed
 
@@ -60,14 +61,14 @@ def test_a_write_the_database_refuses_fails_that_article_alone(settings: Setting
 def test_clean_uses_the_entry_as_it_is_when_written(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """An entry revised between clean's read and its writing transaction is cleaned as revised."""
     [article_id] = add_articles(settings, 1, raw_title="Harbour", raw_content_html=f"<p>{ENGLISH}</p>")
-    plan_pages = clean.plan_pages
+    plan_pages = clean_stage.plan_pages
 
     def plan_then_revise(*args: object):
         planned = plan_pages(*args)
         revise(settings, article_id, raw_content_html=f"<p>{FRENCH}</p>", raw_hash="revised")
         return planned
 
-    monkeypatch.setattr(clean, "plan_pages", plan_then_revise)
+    monkeypatch.setattr(clean_stage, "plan_pages", plan_then_revise)
     assert run_clean(settings, [article_id]).ready == [article_id]
     with session_scope(settings) as session:
         assert session.get(Article, article_id).text == FRENCH

@@ -9,6 +9,7 @@ on. The command line (``workers/``) reads and changes the store through them too
 - ``feeds``: the end of a poll and the next one, the publishing rate, WebSub subscription state;
 - ``polls``: poll rows (a WebSub push becomes one);
 - ``hosts``: per-host politeness slots shared by every worker;
+- ``furniture``: the paragraph fingerprints clean learns each feed's furniture from;
 - ``failures``: dead letters;
 - ``rules``, ``classifier_models``: the operator's rules and trained topic models;
 - ``status``: the pipeline's counts for ``feedmill status`` and ``/metrics``.

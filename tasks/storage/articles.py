@@ -14,13 +14,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from schemas.db import session_scope
 from schemas.models import FAILED, OK, PENDING, Article, Feed, utcnow
+from schemas.payloads import RawEntry
 from schemas.pipeline import DONE, article_position_after, positions_from
 from schemas.settings import Settings
 from tasks import metrics
@@ -181,6 +182,54 @@ def article_with_feed_url(session: Session, article_id: int) -> tuple[Article, s
         select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(Article.id == article_id)
     ).first()
     return (row[0], row[1]) if row is not None else None
+
+
+#: The columns an entry is cleaned from, with its id and feed: what ``raw_entry`` reads.
+RAW_ENTRY_COLUMNS = (
+    Article.id, Article.feed_id, Article.entry_key, Article.guid, Article.link, Article.raw_title,
+    Article.raw_author, Article.published_at, Article.raw_summary_html, Article.raw_content_html, Article.raw_hash,
+)
+
+
+class WaitingEntry(NamedTuple):
+    """An article waiting for a stage, as parse stored its entry, with its feed's full-text mode."""
+
+    id: int
+    entry: RawEntry
+    full_text: str | None
+
+
+def raw_entry(row: Any) -> RawEntry:
+    """The entry as parse stored it, from a row of ``RAW_ENTRY_COLUMNS``."""
+    return RawEntry(
+        entry_key=row.entry_key,
+        guid=row.guid,
+        link=row.link,
+        title=row.raw_title,
+        author=row.raw_author,
+        published_at=row.published_at,
+        summary_html=row.raw_summary_html,
+        content_html=row.raw_content_html,
+        raw_hash=row.raw_hash,
+    )
+
+
+def waiting_entries(settings: Settings, stage: str, article_ids: Sequence[int]) -> list[WaitingEntry]:
+    """The entries of these articles still waiting for ``stage``, by id, read in a short read-only transaction."""
+    with session_scope(settings, read_only=True) as session:
+        rows = session.execute(
+            select(*RAW_ENTRY_COLUMNS, Feed.full_text)
+            .join(Feed, Feed.id == Article.feed_id)
+            .where(Article.id.in_(article_ids), Article.stage == stage, Article.status == PENDING)
+            .order_by(Article.id)
+        ).all()
+    return [WaitingEntry(row.id, raw_entry(row), row.full_text) for row in rows]
+
+
+def raw_entries(session: Session, article_ids: Sequence[int]) -> dict[int, RawEntry]:
+    """The entries of these articles as parse stored them, by id."""
+    rows = session.execute(select(*RAW_ENTRY_COLUMNS).where(Article.id.in_(article_ids)))
+    return {row.id: raw_entry(row) for row in rows}
 
 
 def largest_clusters(session: Session, limit: int, min_size: int) -> list[dict[str, Any]]:
