@@ -376,3 +376,27 @@ class Failure(Base):
     requeued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_failures_open", "stage", "subject", "requeued_at"),)
+
+
+class ServiceChild(Base):
+    """A process `feedmill run` supervises (worker, scheduler, web), one row per supervisor and child:
+    its restarts and last exit, for ``feedmill status`` and ``/metrics``; ``seen_at`` is the
+    supervisor's heartbeat, so a row of a supervisor that is gone can be told apart."""
+
+    __tablename__ = "service_children"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    supervisor_pid: Mapped[int] = mapped_column(Integer)
+    #: worker, scheduler or web.
+    name: Mapped[str] = mapped_column(String(32))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    last_exit_code: Mapped[int | None] = mapped_column(Integer)
+    last_exit_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Restarted CRASH_LOOP_RESTARTS times within CRASH_LOOP_WINDOW (workers/service.py).
+    crash_loop: Mapped[bool] = mapped_column(Boolean, default=False)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("host", "supervisor_pid", "name", name="uq_service_children"),)

@@ -21,8 +21,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -41,9 +43,11 @@ from tests.conftest import (
     Publisher,
     WorkerProcess,
     add_feed,
+    feedmill,
     feedmill_env,
     free_port,
     make_settings,
+    ok,
     require_service,
     rss,
     use_broker,
@@ -222,27 +226,6 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def sigkill_pool(worker: WorkerProcess) -> list[int]:
-    """SIGKILL every pool process of a worker; its main process stays and starts new ones."""
-    pids = child_pids(worker.process.pid)
-    assert pids, "the worker has no pool processes"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    return pids
-
-
-def sigkill_worker(worker: WorkerProcess) -> None:
-    """SIGKILL a whole worker, main process first so it cannot restore or ack anything."""
-    pool = child_pids(worker.process.pid)
-    worker.process.kill()
-    worker.process.wait()
-    for pid in pool:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def in_parallel(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``function`` on every item at once, in threads (starting or stopping several processes)."""
     items = list(items)
@@ -374,6 +357,131 @@ def with_url(url: str, host: str, port: int) -> str:
     return make_url(url).set(host=host, port=port).render_as_string(hide_password=False)
 
 
+class ServiceProcess:
+    """A real ``feedmill run`` (the supervisor) in a process group of its own, output to a log."""
+
+    def __init__(self, settings: Settings, concurrency: int = 2) -> None:
+        self.settings = settings
+        self.log_path = settings.home / f"run-{uuid.uuid4().hex[:6]}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "workers", "run", "--concurrency", str(concurrency)], env=feedmill_env(settings),
+            cwd=settings.home, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wait_ready(1)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, workers: int, timeout: float = 60) -> None:
+        """Until ``workers`` worker starts have said "ready." (a restarted worker says it again)."""
+        wait_until(lambda: self.output().count("ready.") >= workers, timeout,
+                   lambda: f"{self.output().count('ready.')} worker start(s) ready\n{self.output()[-3000:]}")
+
+    def child(self, name: str) -> int:
+        """The pid of the supervisor's worker or scheduler (celery beat) process."""
+        wanted = {"worker": " worker ", "scheduler": " beat "}[name]
+        for pid in child_pids(self.process.pid):
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if wanted in cmdline.read().replace(b"\0", b" ").decode():
+                    return pid
+        raise AssertionError(f"no {name} child running\n{self.output()[-3000:]}")
+
+    def group(self) -> list[int]:
+        """Live processes of the supervisor's process group (zombies are gone for good already)."""
+        pids = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.process.pid and fields[0] != "Z":
+                pids.append(int(entry))
+        return pids
+
+    def status(self) -> dict:
+        import json
+
+        return json.loads(ok(feedmill(self.settings, "status", "--json")))
+
+    def terminate(self, timeout: float = 30) -> float:
+        """SIGTERM; the seconds it took to exit."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start_service() -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def _start(settings: Settings, **kwargs: object) -> ServiceProcess:
+        service = ServiceProcess(settings, **kwargs)  # type: ignore[arg-type]
+        started.append(service)
+        return service
+
+    yield _start
+    for service in started:
+        service.stop()
+
+
+class PostgresServer:
+    """A PostgreSQL cluster owned by one test (initdb in a temporary folder, a free port), which it may
+    crash and start again. As root, the server runs as the ``postgres`` user, as PostgreSQL demands."""
+
+    def __init__(self) -> None:
+        require_service("PostgreSQL binaries", lambda: shutil.which("initdb") and shutil.which("pg_ctl") or (
+            _ for _ in ()).throw(FileNotFoundError("no initdb/pg_ctl on PATH")))
+        self.folder = Path(tempfile.mkdtemp(prefix="feedmill-pg-"))
+        self.port = free_port()
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.folder / "data"), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.as_owner, *args], check=True, capture_output=True, timeout=60)
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off "
+                   "-c full_page_writes=off -c max_connections=100 -c shared_buffers=32MB")
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def crash(self) -> None:
+        """Stop at once, as a crash would (``-m immediate``): clients see their connections drop."""
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
+
+    def close(self) -> None:
+        subprocess.run([*self.as_owner, "pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
 # ------------------------------------------------------------------ the tests
 
 
@@ -386,46 +494,62 @@ CREATE TRIGGER feedmill_test_slow BEFORE UPDATE ON articles FOR EACH ROW EXECUTE
 """
 
 
-def test_sigkilled_workers_lose_nothing(
+def test_service_restarts_sigkilled_children_and_loses_nothing(
     postgres_settings: Settings, postgres_url: str, publisher: Publisher,
-    start_worker: Callable[..., WorkerProcess], start_scheduler: Callable[..., SchedulerProcess], recovery_env: None,
+    start_service: Callable[..., ServiceProcess],
 ) -> None:
-    """SIGKILL the pool, then whole workers, three times while fetches and batches are in flight."""
+    """`feedmill run` alone (no outside supervisor, default sweeper and lease settings) while
+    SIGKILL hits its worker's pool, its worker's main process holding an article batch, and its
+    scheduler: it restarts what died (counted in `status`), the lost messages come back through
+    the recovery look (not the 10-minute sweeper or the 5-minute lease), every entry is stored
+    once, and SIGTERM then stops it with nothing of its process group left."""
     settings = dataclasses.replace(postgres_settings, host_max_concurrent=HOST_SLOTS)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(SLOW_ARTICLES)
     expected = publish(publisher)
     subscribe(settings, expected)
-    start_scheduler(settings)  # first: it boots while the worker does
-    worker = start_worker(settings, concurrency=2)
+    service = start_service(settings)
 
     # 1. The pool processes die mid-task (a fetch at least); the worker's main process starts new
     #    ones and task_reject_on_worker_lost puts the tasks they were running back in the queue.
     wait_mid_run(settings, publisher, feeds_stored=1)
-    sigkill_pool(worker)
-    # 2. and 3. The whole worker dies holding an article batch (and a fetch): its unacknowledged
-    #    messages stay invisible in Redis for the visibility timeout (an hour). The feed leases
-    #    (lost fetches) and the sweeper (lost batches) must finish the work.
-    for stored in (2, 3):
-        wait_mid_run(settings, publisher, feeds_stored=stored, holding=worker)
-        sigkill_worker(worker)
-        worker = start_worker(settings, concurrency=2)
+    worker = service.child("worker")
+    for pid in child_pids(worker):
+        os.kill(pid, signal.SIGKILL)
+    # 2. The worker's main process dies holding an article batch (and a fetch), whose messages stay
+    #    invisible in Redis for the visibility timeout (an hour); then the scheduler dies too.
+    wait_mid_run(settings, publisher, feeds_stored=2, holding=service)  # type: ignore[arg-type]
+    os.kill(worker, signal.SIGKILL)
+    os.kill(service.child("scheduler"), signal.SIGKILL)
+    killed_at = time.monotonic()
 
-    wait_all_done(settings, expected, logs=lambda: all_output(settings))
+    recovered = wait_all_done(settings, expected, logs=service.output)
+    print(f"all done {time.monotonic() - killed_at:.1f} s after the worker and scheduler were killed", flush=True)
     assert_stored_exactly_once(settings, expected)
+    assert service.process.poll() is None, service.output()[-3000:]
+    restarts = {child["name"]: child for child in service.status()["service"]}
+    assert restarts["worker"]["restarts"] == 1 and restarts["worker"]["last_exit_code"] == -signal.SIGKILL
+    assert restarts["scheduler"]["restarts"] == 1 and not restarts["scheduler"]["crash_loop"]
+    assert "worker (pid" in service.output() and "exited with code -9; restarting in" in service.output()
+    assert recovered < FINISH_TIMEOUT
+
+    took = service.terminate()
+    assert service.process.returncode == 0 and took < 30, service.output()[-3000:]
+    assert service.group() == [], "a child of `feedmill run` outlived it"
 
 
-def test_redis_restarted_and_flushed_mid_run(
+def test_service_survives_redis_flushed_and_restarted(
     postgres_url: str, tmp_path: Path, redis_server: RedisServer, publisher: Publisher,
-    start_worker: Callable[..., WorkerProcess], start_scheduler: Callable[..., SchedulerProcess], recovery_env: None,
+    start_service: Callable[..., ServiceProcess],
 ) -> None:
-    """FLUSHALL the broker once, later kill and restart it (empty): the sweeper and leases finish the run."""
+    """FLUSHALL the broker once, later kill and restart it (empty), under `feedmill run` with the
+    default sweeper and lease: the service stays up and the lost work is re-sent from the database
+    within one recovery look (10 s for work untouched 10 s) of the broker answering again."""
     settings = dataclasses.replace(make_settings(tmp_path, postgres_url, redis_server.url()), host_max_concurrent=HOST_SLOTS)
     migrate(settings)
     expected = publish(publisher)
     subscribe(settings, expected)
-    scheduler = start_scheduler(settings)
-    worker = start_worker(settings, concurrency=2)
+    service = start_service(settings)
 
     wait_mid_run(settings, publisher, feeds_stored=2)
     redis_server.client().flushall()
@@ -433,10 +557,48 @@ def test_redis_restarted_and_flushed_mid_run(
     redis_server.kill()
     time.sleep(2)  # the broker stays away for a while: workers and scheduler see connection errors
     redis_server.start()
+    answering = time.monotonic()
 
-    wait_all_done(settings, expected, logs=lambda: all_output(settings))
+    recovered = wait_all_done(settings, expected, timeout=60, logs=service.output)
+    print(f"all done {recovered:.1f} s after Redis answered again", flush=True)
     assert_stored_exactly_once(settings, expected)
-    assert worker.process.poll() is None and scheduler.process.poll() is None, "a process gave up on the broker"
+    assert service.process.poll() is None, "the service gave up on the broker"
+    assert time.monotonic() - answering < 60
+
+
+def test_service_survives_postgres_crash_and_restart(
+    tmp_path: Path, redis_url: str, publisher: Publisher, postgres_server: PostgresServer,
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    """A test-owned PostgreSQL stopped as by a crash mid-run, down 4 s, started again: database
+    errors are transient (retried, not dead letters), the supervisor rides it out, all is stored once."""
+    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
+        admin.execute("CREATE DATABASE feedmill")
+    settings = dataclasses.replace(
+        make_settings(tmp_path, postgres_server.admin_url.rsplit("/", 1)[0] + "/feedmill", redis_url),
+        host_max_concurrent=HOST_SLOTS,
+    )
+    migrate(settings)
+    expected = publish(publisher)
+    subscribe(settings, expected)
+    service = start_service(settings)
+
+    wait_mid_run(settings, publisher, feeds_stored=2)
+    postgres_server.crash()
+    time.sleep(4)
+    postgres_server.start()
+    answering = time.monotonic()
+
+    recovered = wait_all_done(settings, expected, timeout=60, logs=service.output)
+    print(f"all done {recovered:.1f} s after PostgreSQL answered again", flush=True)
+    assert_stored_exactly_once(settings, expected)
+    assert service.process.poll() is None, service.output()[-3000:]
+    assert "retry: Retry in" in service.output() and "OperationalError" in service.output()
+    assert time.monotonic() - answering < 60
+    service.stop()
+    from schemas.db import get_engine, normalize_url
+
+    get_engine(normalize_url(settings.database_url)).dispose()
 
 
 def test_database_unreachable_mid_run(

@@ -104,7 +104,7 @@ def test_migration_0009_changes_nothing_on_sqlite(sqlite_settings: Settings) -> 
     command.downgrade(config, "0009@-1")  # this branch only
     with session_scope(sqlite_settings) as session:
         assert set(session.scalars(text("SELECT version_num FROM alembic_version"))) == {
-            "0002", "0003", "0005", "0006", "0008"
+            "0002", "0003", "0005", "0006", "0008", "0010"
         }
     command.upgrade(config, "heads")
     with get_engine(sqlite_settings.database_url).connect() as connection:

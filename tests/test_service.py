@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -25,6 +26,7 @@ from tests.conftest import (
     add_feed,
     feedmill,
     feedmill_env,
+    ok,
     use_broker,
 )
 
@@ -94,7 +96,7 @@ def test_run_once_resends_work_whose_messages_were_lost(
     use_broker(sqlite_settings)
     add_feed(sqlite_settings, publisher.add("/seed.xml", (EXAMPLES / "seed-news.xml").read_bytes()))
     outcome: list[object] = []
-    runner = threading.Thread(target=lambda: outcome.append(service.run_once(sqlite_settings, timeout=90, workers=None)))
+    runner = threading.Thread(target=lambda: outcome.append(service.run_once(sqlite_settings, timeout=90)))
     runner.start()
     queue_folder = sqlite_settings.broker_folder / "queue"
     deadline = time.monotonic() + 10
@@ -188,49 +190,121 @@ def test_task_events_are_off_until_flower_or_the_setting_turns_them_on(
 def test_progress_counts_pending_articles_only_when_asked_and_ends_as_soon_as_none_is_left(settings: Settings) -> None:
     """`run --once` counts the pending articles at most every PENDING_COUNT_EVERY; in between it
     skips them while polls are unfinished and then only asks whether any is left, so the counts it
-    reports stay right and the round still ends at the first check that finds nothing pending."""
+    reports stay right and the round still ends at the first check that finds nothing pending.
+    A dead letter of the round (a poll or an article batch that failed for good) counts as finished."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    from schemas.models import OK, POLL_PARSED, Poll
-    from workers.service import Progress, _progress
+    from schemas.models import OK, POLL_PARSED, Failure, Poll, utcnow
+    from workers.service import Progress, Round
 
     feed_id = add_feed(settings, "https://example.org/feed")
+    started = utcnow()
     with session_scope(settings) as session:
-        poll = Poll(feed_id=feed_id)
-        session.add(poll)
+        polls = [Poll(feed_id=feed_id), Poll(feed_id=feed_id)]
+        session.add_all(polls)
         session.add_all(Article(feed_id=feed_id, entry_key=f"k{i}", raw_hash="-", stage=stage, status=status)
                         for i, (stage, status) in enumerate([
                             ("clean", PENDING), ("dedupe", PENDING), ("classify", PENDING),
                             ("clean", FAILED), ("done", OK),
                         ]))
         session.flush()
-        poll_id = poll.id
+        poll_ids = [poll.id for poll in polls]
+        # The second poll's parse failed for good during the round.
+        session.add(Failure(task="feedmill.parse", stage="parse", subject=f"poll {poll_ids[1]}", error="KeyError: x",
+                            poll_id=poll_ids[1], attempts=1, first_seen=started, last_seen=started))
     statements: list[str] = []
 
     def on_statement(conn, cursor, statement, *_):  # noqa: ANN001, ANN202
         statements.append(" ".join(statement.split()))
 
+    round_ = Round(settings, poll_ids, started)
+
     def articles_read(last: Progress | None) -> tuple[Progress, list[str]]:
         statements.clear()
+        round_.last = last
+        if last is not None:
+            round_._last_count = time.monotonic()
         event.listen(Engine, "before_cursor_execute", on_statement)
         try:
-            progress = _progress(settings, [poll_id], last)
+            progress = round_.progress()
         finally:
             event.remove(Engine, "before_cursor_execute", on_statement)
         return progress, [s for s in statements if "FROM articles" in s]
 
     counted, reads = articles_read(None)
-    assert counted == Progress(1, 0, 3) and len(reads) == 1 and "count(" in reads[0]
+    assert counted == Progress(2, 1, 3, {"clean": 1, "dedupe": 1, "classify": 1}) and len(reads) == 1
+    assert "count(" in reads[0]
     # A poll of the round is unfinished: the round cannot end, the articles are not looked at.
-    assert articles_read(Progress(1, 0, 7)) == (Progress(1, 0, 7), [])
+    assert articles_read(Progress(2, 1, 7)) == (Progress(2, 1, 7), [])
     with session_scope(settings) as session:
-        session.get(Poll, poll_id).status = POLL_PARSED
-    progress, reads = articles_read(Progress(1, 0, 7))
-    assert progress == Progress(1, 1, 7) and len(reads) == 1 and "count(" not in reads[0]
-    assert articles_read(Progress(1, 1, 0))[0] == Progress(1, 1, 1)  # never 0 while one is pending
+        session.get(Poll, poll_ids[0]).status = POLL_PARSED
+    progress, reads = articles_read(Progress(2, 1, 7))
+    assert progress == Progress(2, 2, 7) and len(reads) == 1 and "count(" not in reads[0]
+    assert articles_read(Progress(2, 2, 0))[0] == Progress(2, 2, 1)  # never 0 while one is pending
     with session_scope(settings) as session:
         for article in session.scalars(select(Article).where(Article.status == PENDING)):
             article.stage, article.status = "done", OK
-    assert articles_read(Progress(1, 1, 3))[0] == Progress(1, 1, 0)
-    assert articles_read(None)[0] == Progress(1, 1, 0)
+    assert articles_read(Progress(2, 2, 3))[0] == Progress(2, 2, 0)
+    assert articles_read(None)[0].done
+
+
+def test_restart_backoff_doubles_to_a_cap_and_five_restarts_in_a_minute_are_a_crash_loop() -> None:
+    from workers.service import BACKOFF_MAX, BACKOFF_START, in_crash_loop, restart_delay
+
+    assert [restart_delay(n) for n in (1, 2, 3, 4)] == [BACKOFF_START * f for f in (1, 2, 4, 8)]
+    assert restart_delay(50) == BACKOFF_MAX
+    assert not in_crash_loop(4) and in_crash_loop(5)
+
+
+#: Marking a poll of the "broken" feed parsed fails for good (SQLSTATE P0001: permanent).
+BROKEN_PARSE = """
+CREATE FUNCTION feedmill_test_broken() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'parse result refused (injected by the test)'; END $$;
+CREATE TRIGGER feedmill_test_broken BEFORE UPDATE ON polls FOR EACH ROW
+    WHEN (NEW.status = 'parsed' AND NEW.final_url LIKE '%broken%') EXECUTE FUNCTION feedmill_test_broken();
+"""
+
+
+def test_run_once_tells_what_happened_and_exits_accordingly(
+    postgres_settings: Settings, postgres_url: str, publisher: Publisher
+) -> None:
+    """Exit 1 naming failed feeds (404, a parse that became a dead letter) and deferred ones
+    (Retry-After) with their next attempt; the dead letter's lease is released, so the next round
+    polls that feed again and calls a 304 "unchanged"; exit 3 naming what is unfinished on timeout."""
+    import psycopg
+
+    settings = postgres_settings
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(BROKEN_PARSE)
+    seed = publisher.add("/seed.xml", (EXAMPLES / "seed-news.xml").read_bytes(), etag='"v1"')
+    broken = publisher.add("/broken.xml", (EXAMPLES / "seed-news.xml").read_bytes())
+    busy = publisher.add("/busy.xml", b"slow down", status=429, headers={"Retry-After": "600"})
+    missing = publisher.url("/missing.xml")
+    ok(feedmill(settings, "feeds", "add", seed, broken, busy, missing))
+
+    started = time.monotonic()
+    first = feedmill(settings, "run", "--once", "--json", "--concurrency", "2", "--timeout", "60")
+    assert time.monotonic() - started < 60
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "\r" not in first.stderr  # no progress line in a pipe
+    summary = json.loads(first.stdout)
+    failed = {f["url"]: f["error"] for f in summary["failed_feeds"]}
+    assert failed.keys() == {broken, missing}
+    assert failed[missing] == "HTTP 404 Not Found"
+    assert "failed for good in parse" in failed[broken] and "parse result refused" in failed[broken]
+    assert [(d["url"], d["status_code"]) for d in summary["deferred_feeds"]] == [(busy, 429)]
+    next_attempt = datetime.strptime(summary["deferred_feeds"][0]["next_attempt"], "%Y-%m-%dT%H:%M:%SZ")
+    assert next_attempt.replace(tzinfo=UTC) >= datetime.now(UTC) + timedelta(seconds=590)  # Retry-After: 600
+    assert summary["articles_new"] >= 2 and summary["articles_failed"] == 0
+
+    second = feedmill(settings, "run", "--once", "--concurrency", "2", "--timeout", "60")
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "1 unchanged (304)" in second.stdout and "skipped" not in second.stdout  # the lease was released
+    assert f"failed: {broken}: failed for good in parse" in second.stdout
+    assert f"deferred: {busy}: HTTP 429, next attempt 20" in second.stdout
+
+    timed_out = feedmill(settings, "run", "--once", "--no-workers", "--timeout", "1")
+    assert timed_out.returncode == 3, timed_out.stdout + timed_out.stderr
+    assert "timed out after 1 s with work unfinished: 4 feed(s)" in timed_out.stderr
+    assert f"{seed} waiting for fetch" in timed_out.stderr and "are workers running?" in timed_out.stderr

@@ -21,6 +21,8 @@ from schemas.settings import Settings, current_settings
 from workers import logs, worker_metrics  # noqa: F401
 
 log = logging.getLogger(__name__)
+#: Seconds between the scheduler's looks for lost messages (workers/scheduler.recover_lost_task).
+RECOVER_EVERY = 10.0
 #: Longer than any retry countdown (StageTask's backoff cap is 300 s), so a
 #: delayed retry is not redelivered early by Redis.
 VISIBILITY_TIMEOUT = 3600
@@ -30,6 +32,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
+        # A worker that loses its broker keeps reconnecting (Celery gives up after 100 tries by
+        # default); should Celery still give up, `feedmill run` (or the unit manager) restarts it.
+        "broker_connection_max_retries": None,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,
@@ -55,8 +60,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                                    "options": {"expires": max(settings.dispatch_every, 10.0)}},
             "sweep-stuck-work": {"task": "feedmill.sweep", "schedule": settings.sweep_every,
                                  "options": {"expires": max(settings.sweep_every, 10.0)}},
+            "recover-lost-messages": {"task": "feedmill.recover", "schedule": RECOVER_EVERY,
+                                      "options": {"expires": RECOVER_EVERY}},
         },
-        "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
+        # Beat keeps its schedule in memory, no file: every entry is an interval whose real state
+        # (feeds' next polls and leases, pending work) is in the database, so a restarted or second
+        # scheduler loses nothing and needs no writable directory.
+        "beat_scheduler": "celery.beat:Scheduler",
         "timezone": "UTC",
     }
     if settings.worker_max_memory_kb > 0:
@@ -76,7 +86,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "polling_interval": 0.01,
         }
     else:
-        config["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+        config["broker_transport_options"] = {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            # A connection to a restarted Redis is found dead and replaced within seconds.
+            "health_check_interval": 10,
+            "socket_keepalive": True,
+        }
     return config
 
 

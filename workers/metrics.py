@@ -10,6 +10,7 @@ pipeline whichever workers run. Each worker serves its own task counters
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from schemas.db import session_scope
 from schemas.settings import Settings
+from tasks.storage import service as service_storage
 from tasks.storage import status as storage
 from workers import status
 
@@ -43,12 +45,22 @@ class PipelineCollector:
             feeds = storage.feed_health(session)
             failures = storage.open_failures_by_stage(session)
             duplicates = storage.duplicates_by_reason(session)
+            children = service_storage.live_children(session)
         yield _gauge("feedmill_articles", "Stored articles by the stage they wait for and status.", ["stage", "status"],
                      {(stage, state): n for stage, states in articles.items() for state, n in states.items()})
         yield _gauge("feedmill_feeds", "Feeds by health: ok, failing (errors in a row), paused, retired.",
                      ["health"], {(health,): n for health, n in feeds.items()})
         yield _gauge("feedmill_failures_open", "Dead letters not yet re-queued, by stage.", ["stage"],
                      {(stage,): n for stage, n in failures.items()})
+        restarts: Counter[tuple[str, str]] = Counter()
+        crash_loops: Counter[tuple[str, str]] = Counter()
+        for child in children:  # summed over the supervisors of a host
+            restarts[child["host"], child["name"]] += child["restarts"]
+            crash_loops[child["host"], child["name"]] += int(child["crash_loop"])
+        yield _gauge("feedmill_service_restarts", "Restarts of the processes `feedmill run` supervises, since it started.",
+                     ["host", "child"], restarts)
+        yield _gauge("feedmill_service_crash_loops", "Supervised processes in a crash loop (5 restarts within a minute).",
+                     ["host", "child"], crash_loops)
         yield _gauge("feedmill_duplicates", "Articles found to duplicate an earlier one, by reason.", ["reason"],
                      {(reason or "unknown",): n for reason, n in duplicates.items()})
 

@@ -12,30 +12,27 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-from celery import shared_task
-from sqlalchemy import func, or_, select, update
+from celery import Celery, current_app, shared_task
+from sqlalchemy import or_, select, update
 
 from schemas.db import session_scope
-from schemas.models import (
-    PENDING,
-    POLL_ERROR,
-    POLL_FETCHED,
-    POLL_QUEUED,
-    Article,
-    Feed,
-    Poll,
-    utcnow,
-)
+from schemas.models import POLL_ERROR, POLL_QUEUED, Feed, Poll, utcnow
 from schemas.payloads import PollRef
-from schemas.pipeline import ARTICLE_STAGES
+from schemas.pipeline import ARTICLE_STAGES, stage_named, stage_of_task
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, send, send_articles
+from tasks.storage.service import stages_with_work, unfinished_work
 from tasks.websub import feeds_to_subscribe
+from workers.status import queue_depths
 
 log = logging.getLogger(__name__)
 
 #: Most feeds one dispatch claims; the next dispatch takes the rest.
 DISPATCH_LIMIT = 500
+#: Work untouched this long, of a stage the broker holds no message for, lost its message.
+LOST_AFTER = 10.0
+#: Seconds to wait for the workers' answers when asking what they hold.
+INSPECT_TIMEOUT = 0.5
 
 
 def claim_feeds(
@@ -91,23 +88,58 @@ def requeue_unfinished(settings: Settings, older_than: float | None = None) -> d
     Stages are idempotent, so re-sending work that is also still queued
     costs a little time and changes nothing.
     """
-    counts: dict[str, int] = {}
-    polls = select(Poll.id).where(Poll.status == POLL_FETCHED)
-    articles = select(Article.stage, Article.id).where(Article.status == PENDING, Article.stage.in_(ARTICLE_STAGES))
-    if older_than is not None:
-        cutoff = utcnow() - timedelta(seconds=older_than)
-        polls = polls.where(func.coalesce(Poll.started_at, Poll.requested_at) < cutoff)
-        articles = articles.where(Article.updated_at < cutoff)
     with session_scope(settings) as session:
-        unparsed = list(session.scalars(polls))
-        pending = session.execute(articles.order_by(Article.id)).all()
-    for poll_id in unparsed:
-        send("parse", PollRef(poll_id).to_message())
-    counts["parse"] = len(unparsed)
-    for stage in ARTICLE_STAGES:
-        ids = [article_id for row_stage, article_id in pending if row_stage == stage]
-        send_articles(stage, ids)
-        counts[stage] = len(ids)
+        work = unfinished_work(session, ("parse", *ARTICLE_STAGES), older_than)
+    return resend(work)
+
+
+def resend(work: dict[str, list[int]]) -> dict[str, int]:
+    """Send each stage's unfinished work (``tasks.storage.service.unfinished_work``) to it again."""
+    for stage, ids in work.items():
+        if stage in ARTICLE_STAGES:
+            send_articles(stage, ids)
+        else:
+            for poll_id in ids:
+                send(stage, PollRef(poll_id).to_message())
+    return {stage: len(ids) for stage, ids in work.items()}
+
+
+def held_stages(app: Celery) -> set[str]:
+    """Stages of the tasks live workers hold: running, reserved (prefetched) or waiting out a countdown."""
+    inspect = app.control.inspect(timeout=INSPECT_TIMEOUT)
+    held = set()
+    for replies in (inspect.active(), inspect.reserved(), inspect.scheduled()):
+        for requests in (replies or {}).values():
+            for request in requests:
+                request = request.get("request", request)  # scheduled() wraps each request
+                held.add(stage_of_task(request.get("name") or ""))
+    return held
+
+
+def recover_lost(settings: Settings, app: Celery, older_than: float = LOST_AFTER) -> dict[str, int]:
+    """Re-send work whose message is gone: work nothing touched for ``older_than`` s, of a stage
+    whose queue is empty in the broker and none of whose tasks a live worker holds.
+
+    That is what a broker restarted without persistence, a flush or a worker killed with its
+    messages (invisible in Redis for the visibility timeout) leave behind; the database names the
+    work, so it is sent again within one look instead of after the sweeper's FEEDMILL_STUCK_AFTER
+    or a feed's lease. Work merely waiting in a long queue, or held by a worker, is left alone.
+    """
+    with session_scope(settings) as session:
+        candidates = stages_with_work(session, older_than)
+    if not candidates:
+        return {}
+    depths = queue_depths(settings)
+    quiet = [stage for stage in candidates if depths.get(stage_named(stage).queue, 0) == 0]
+    if quiet:
+        held = held_stages(app)
+        quiet = [stage for stage in quiet if stage not in held]
+    if not quiet:
+        return {}
+    with session_scope(settings) as session:
+        work = unfinished_work(session, quiet, older_than)
+    counts = resend(work)
+    log.warning("re-sent work whose messages were lost: %s", counts)
     return counts
 
 
@@ -120,6 +152,12 @@ def dispatch_task() -> int:
     for feed_id in feeds_to_subscribe(settings):
         send("websub", feed_id)
     return len(poll_ids)
+
+
+@shared_task(base=StageTask, name="feedmill.recover")
+def recover_task() -> dict[str, int]:
+    """Periodic (celery beat, every RECOVER_EVERY s): re-send work whose messages vanished."""
+    return recover_lost(current_settings(), current_app)
 
 
 @shared_task(base=StageTask, name="feedmill.sweep")

@@ -8,35 +8,51 @@ has finished and no article is left pending in any stage.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
+from billiard.util import set_pdeathsig
+from celery import current_app
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
 from schemas.models import (
     FAILED,
     PENDING,
-    POLL_FINISHED,
+    POLL_DEFERRED,
+    POLL_FETCHED,
+    POLL_NOT_MODIFIED,
     POLL_QUEUED,
-    Article,
     Feed,
-    Poll,
+    utcnow,
 )
-from schemas.payloads import chunked
-from schemas.pipeline import ARTICLE_STAGES, QUEUES
+from schemas.pipeline import QUEUES
 from schemas.settings import Settings
-from workers.scheduler import claim_feeds, enqueue_fetches, requeue_unfinished
+from tasks.storage import service as service_storage
+from workers.scheduler import claim_feeds, enqueue_fetches, recover_lost, requeue_unfinished
+
+log = logging.getLogger("feedmill.run")
 
 WORKER_STOP_GRACE = 30.0
-#: ``run --once`` re-sends unfinished work when nothing has moved for this long.
-STALL_SECONDS = 60.0
+#: A child that exits is started again after BACKOFF_START s, doubling with each restart within
+#: CRASH_LOOP_WINDOW, at most BACKOFF_MAX s.
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+#: This many restarts of one child within CRASH_LOOP_WINDOW s is a crash loop, reported loudly.
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_WINDOW = 60.0
+#: ``run --once`` looks for lost messages when nothing has moved for this long.
+STALL_SECONDS = 10.0
 #: How often ``run --once`` checks the database for progress: a round ends at most this late.
 #: A check is a count of the round's unfinished polls and whether any article is pending, in a
 #: read-only transaction, which on SQLite does not take the workers' write lock.
@@ -54,47 +70,211 @@ def celery_command(*args: str) -> list[str]:
 
 
 def worker_command(queues: tuple[str, ...] = QUEUES, concurrency: int | None = None, loglevel: str = "INFO") -> list[str]:
-    command = celery_command("worker", "--loglevel", loglevel, "-Q", ",".join(queues))
+    # Without gossip and mingle: neither is used here, mingle costs a second at every start, and
+    # gossip's event consumer is where kombu's reconnect failures after a broker restart were seen.
+    command = celery_command("worker", "--loglevel", loglevel, "-Q", ",".join(queues), "--without-gossip",
+                             "--without-mingle")
     if concurrency:
         command += ["--concurrency", str(concurrency)]
     return command
 
 
-def scheduler_command(settings: Settings, loglevel: str = "INFO") -> list[str]:
-    return celery_command(
-        "beat", "--loglevel", loglevel, "--schedule", str(settings.home / "celerybeat-schedule")
-    )
+def scheduler_command(loglevel: str = "INFO") -> list[str]:
+    """celery beat; its schedule lives in memory (``beat_scheduler``), so it writes no file."""
+    return celery_command("beat", "--loglevel", loglevel)
 
 
-def start_process(command: list[str], log_path: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a child process, its output to ``log_path`` (or inherited)."""
+def web_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "workers", "web", "--port", str(port)]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In a child before exec: SIGTERM (a warm shutdown) when the supervisor dies, even by SIGKILL."""
+    try:
+        set_pdeathsig(signal.SIGTERM)
+    except OSError:
+        return  # not Linux: the process group is all that ties the child to the supervisor
+    if os.getppid() != parent_pid:  # the supervisor died before the line above
+        os._exit(1)
+
+
+def start_process(command: list[str], log_path: Path | None = None, *, tied: bool = False) -> subprocess.Popen[bytes]:
+    """Start a child process, its output to ``log_path`` (or inherited); ``tied``: it gets
+    SIGTERM when this process dies (PR_SET_PDEATHSIG, Linux). Children stay in this process's
+    group, so ``kill -- -PGID`` and a unit manager reach them too.
+
+    PR_SET_PDEATHSIG fires when the thread that forked the child ends: start tied children from
+    the main thread.
+    """
+    parent = os.getpid()
+    preexec = (lambda: _die_with_parent(parent)) if tied else None
     if log_path is None:
-        return subprocess.Popen(command)
+        return subprocess.Popen(command, preexec_fn=preexec)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
 
 
 def stop_process(process: subprocess.Popen[bytes], grace: float = WORKER_STOP_GRACE) -> None:
     """SIGTERM (Celery's warm shutdown: finish in-flight work), then SIGKILL after ``grace``."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_processes([process], grace)
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], grace: float = WORKER_STOP_GRACE) -> None:
+    """SIGTERM every process at once, wait up to ``grace`` for all, SIGKILL what is left."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ------------------------------------------------------------------ the supervisor
+
+
+def restart_delay(recent_restarts: int) -> float:
+    """Seconds before restarting a child that has been restarted ``recent_restarts`` times (this one
+    included) within CRASH_LOOP_WINDOW: BACKOFF_START, doubling, at most BACKOFF_MAX."""
+    return min(BACKOFF_START * 2 ** max(recent_restarts - 1, 0), BACKOFF_MAX)
+
+
+def in_crash_loop(recent_restarts: int) -> bool:
+    return recent_restarts >= CRASH_LOOP_RESTARTS
+
+
+@dataclass
+class Child:
+    """One supervised process: what to run, the running process, and its restart history."""
+
+    name: str
+    command: list[str]
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    #: Monotonic times of the restarts within CRASH_LOOP_WINDOW.
+    recent: list[float] = field(default_factory=list)
+    #: When a child that exited is started again (monotonic), None while it runs.
+    restart_at: float | None = None
+    last_exit_code: int | None = None
+
+
+class Supervisor:
+    """Keeps its children running: a child that exits is started again after a backoff, each
+    restart logged and written to ``service_children`` (``feedmill status``, ``/metrics``); five
+    restarts of one child within a minute are reported as a crash loop, and the backoff keeps
+    growing instead of spinning. ``check()`` does one round of that; the caller loops."""
+
+    def __init__(self, settings: Settings, children: list[Child], *, record: bool = True) -> None:
+        self.settings = settings
+        self.children = children
+        self.record = record
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._last_heartbeat = 0.0
+        self._record_failed = False
+
+    def start(self) -> None:
+        for child in self.children:
+            self._start(child)
+
+    def _start(self, child: Child) -> None:
+        child.process = start_process(child.command, child.log_path, tied=True)
+        child.restart_at = None
+        self._write(child)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is None and child.process is not None and child.process.poll() is not None:
+                self._exited(child, now)
+            if child.restart_at is not None and now >= child.restart_at:
+                log.info("restarting %s (restart %d)", child.name, child.restarts)
+                self._start(child)
+        if self.record and now - self._last_heartbeat >= service_storage.HEARTBEAT_EVERY:
+            self._last_heartbeat = now
+            self._store(lambda session: service_storage.heartbeat(session, self.host, self.pid))
+
+    def _exited(self, child: Child, now: float) -> None:
+        assert child.process is not None
+        child.last_exit_code = child.process.returncode
+        child.restarts += 1
+        child.recent = [t for t in child.recent if now - t < CRASH_LOOP_WINDOW] + [now]
+        delay = restart_delay(len(child.recent))
+        child.restart_at = now + delay
+        if in_crash_loop(len(child.recent)):
+            log.error(
+                "CRASH LOOP: %s exited %d times within %.0f s (last exit code %s%s); retrying in %.1f s",
+                child.name, len(child.recent), CRASH_LOOP_WINDOW, child.last_exit_code,
+                f"; its log: {child.log_path}" if child.log_path else "", delay,
+            )
+        else:
+            log.warning("%s (pid %d) exited with code %s; restarting in %.1f s (restart %d)",
+                        child.name, child.process.pid, child.last_exit_code, delay, child.restarts)
+        self._write(child)
+
+    def _write(self, child: Child) -> None:
+        if not self.record:
+            return
+        running = child.process is not None and child.restart_at is None
+        self._store(lambda session: service_storage.record_child(
+            session, self.host, self.pid, child.name, child.process.pid if running else None,
+            exit_code=child.last_exit_code if not running else None, restarts=child.restarts,
+            crash_loop=in_crash_loop(len(child.recent)),
+        ))
+
+    def _store(self, write: Callable[[Session], None]) -> None:
+        """Write the supervisor's state; a database that is away costs a log line, never the service."""
+        try:
+            with session_scope(self.settings) as session:
+                write(session)
+        except Exception as exc:  # noqa: BLE001 - the service outlives its bookkeeping
+            if not self._record_failed:
+                log.warning("could not record the service's state (%s: %s)", type(exc).__name__,
+                            str(exc).splitlines()[0] if str(exc) else "")
+            self._record_failed = True
+        else:
+            self._record_failed = False
+
+    def stop(self, grace: float = WORKER_STOP_GRACE) -> None:
+        """Warm shutdown of every child at once; SIGKILL after ``grace``; forget this supervisor's rows."""
+        stop_processes([child.process for child in self.children if child.process is not None], grace)
+        if self.record:
+            self._store(lambda session: service_storage.forget_supervisor(session, self.host, self.pid))
+
+    def describe(self) -> str:
+        """Restarts so far, for error messages: "worker restarted 3 times (last exit code -9)"."""
+        return "; ".join(f"{child.name} restarted {child.restarts} time(s) (last exit code {child.last_exit_code})"
+                         for child in self.children if child.restarts)
 
 
 @dataclass
 class PollOutcome:
     feed_url: str
+    #: parsed, not_modified, error, deferred, or dead_letter (a fetch or parse that failed for good).
     status: str
     status_code: int | None
     new_entries: int
     updated_entries: int
     error: str | None
+    #: When the feed is polled next (for a deferred feed: the attempt the publisher asked for).
+    next_attempt: str | None = None
+
+
+@dataclass
+class FailedArticle:
+    id: int
+    feed_url: str
+    stage: str
+    error: str | None
+
+
+#: Exit codes of ``run --once``: all done; some feeds or articles failed; timed out with work unfinished.
+EXIT_DONE, EXIT_FAILED, EXIT_TIMED_OUT = 0, 1, 3
 
 
 @dataclass
@@ -108,18 +288,35 @@ class RoundSummary:
     articles_updated: int = 0
     articles_done: int = 0
     articles_failed: int = 0
+    failed_articles: list[FailedArticle] = field(default_factory=list)
     duplicates: int = 0
     seconds: float = 0.0
+    #: Set when the round timed out: what was still unfinished.
+    timed_out: bool = False
+    unfinished_articles: dict[str, int] = field(default_factory=dict)
 
     @property
     def feed_errors(self) -> list[PollOutcome]:
-        return [p for p in self.polls if p.status == "error"]
+        return [p for p in self.polls if p.status in ("error", "dead_letter")]
+
+    def of_status(self, *statuses: str) -> list[PollOutcome]:
+        return [p for p in self.polls if p.status in statuses]
+
+    @property
+    def exit_code(self) -> int:
+        if self.timed_out:
+            return EXIT_TIMED_OUT
+        return EXIT_FAILED if self.feed_errors or self.articles_failed else EXIT_DONE
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "exit_code": self.exit_code,
+            "timed_out": self.timed_out,
             "feeds_polled": len(self.polls),
             "feeds_skipped": self.skipped_feeds,
             "feed_errors": len(self.feed_errors),
+            "feeds_unchanged": len(self.of_status(POLL_NOT_MODIFIED)),
+            "feeds_deferred": len(self.of_status(POLL_DEFERRED)),
             "articles_new": self.articles_new,
             "articles_updated": self.articles_updated,
             "articles_done": self.articles_done,
@@ -127,130 +324,182 @@ class RoundSummary:
             "duplicates": self.duplicates,
             "seconds": round(self.seconds, 3),
             "requeued": self.requeued,
+            "failed_feeds": [{"url": p.feed_url, "status_code": p.status_code, "error": p.error} for p in self.feed_errors],
+            "deferred_feeds": [{"url": p.feed_url, "status_code": p.status_code, "next_attempt": p.next_attempt}
+                               for p in self.of_status(POLL_DEFERRED)],
+            "unfinished_feeds": [{"url": p.feed_url, "waiting_for": p.status} for p in self.of_status(*UNFINISHED)],
+            "unfinished_articles": self.unfinished_articles,
+            "failed_articles": [a.__dict__ for a in self.failed_articles],
             "polls": [p.__dict__ for p in self.polls],
         }
+
+
+#: A poll's status while it waits, as the stage it waits for.
+UNFINISHED = {POLL_QUEUED: "fetch", POLL_FETCHED: "parse"}
 
 
 @dataclass
 class Progress:
     polls_total: int
+    #: Polls finished, dead letters included.
     polls_finished: int
+    #: Articles pending in a stage, dead letters left out.
     articles_pending: int
+    #: The pending articles by stage, when they were counted.
+    by_stage: dict[str, int] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.polls_finished == self.polls_total and self.articles_pending == 0
 
 
 class RoundTimeout(Exception):
-    pass
-
-
-class WorkersDied(Exception):
-    pass
+    def __init__(self, message: str, summary: RoundSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def run_once(
     settings: Settings,
     *,
     timeout: float,
-    workers: subprocess.Popen[bytes] | None,
+    supervisor: Supervisor | None = None,
     on_progress: Callable[[Progress], None] = lambda progress: None,
 ) -> RoundSummary:
-    """Poll every active feed once and wait until all its work has passed every stage."""
-    started = time.monotonic()
+    """Poll every active feed once and wait until nothing more can progress: every poll finished
+    and every article through every stage, a dead letter (a message that failed for good) counting
+    as finished with a failure. ``supervisor`` (the round's own workers) is kept running meanwhile.
+    Raises RoundTimeout, with the summary so far, after ``timeout`` s."""
+    started, round_start = time.monotonic(), utcnow()
     summary = RoundSummary(requeued=requeue_unfinished(settings))
     poll_ids = claim_feeds(settings, due_only=False, limit=1_000_000)
     with session_scope(settings) as session:
         active = session.scalar(select(func.count()).select_from(Feed).where(Feed.status == "active")) or 0
     summary.skipped_feeds = active - len(poll_ids)
     enqueue_fetches(poll_ids)
+    round_ = Round(settings, poll_ids, round_start)
     last_change, last_seen = time.monotonic(), None
-    progress, last_count = None, 0.0
-    while True:
-        count = progress is None or time.monotonic() - last_count >= PENDING_COUNT_EVERY
-        progress = _progress(settings, poll_ids, None if count else progress)
-        if count:
-            last_count = time.monotonic()
-        on_progress(progress)
-        if progress.polls_finished == progress.polls_total and progress.articles_pending == 0:
-            break
-        if progress != last_seen:
-            last_change, last_seen = time.monotonic(), progress
-        elif time.monotonic() - last_change > STALL_SECONDS:
-            # Nothing moved for a while: a message may have been lost (a worker killed after
-            # taking it). The database knows what is unfinished; send it again (idempotent).
-            _resend_stalled(settings, poll_ids)
-            last_change = time.monotonic()
-        if workers is not None and workers.poll() is not None:
-            raise WorkersDied(f"worker processes exited with code {workers.returncode}")
-        if time.monotonic() - started > timeout:
-            progress = _progress(settings, poll_ids)
-            raise RoundTimeout(
-                f"timed out after {timeout:g} s: {progress.polls_total - progress.polls_finished} feeds "
-                f"and {progress.articles_pending} articles unfinished (are workers running?)"
-            )
-        time.sleep(PROGRESS_EVERY)
-    _summarize(settings, poll_ids, summary)
+    try:
+        while True:
+            progress = round_.progress()
+            on_progress(progress)
+            if progress.done:
+                break
+            if (progress.polls_finished, progress.articles_pending) != last_seen:
+                last_change, last_seen = time.monotonic(), (progress.polls_finished, progress.articles_pending)
+            elif time.monotonic() - last_change > STALL_SECONDS:
+                # Nothing moved for a while: a message may be lost (a worker killed after taking
+                # it, a broker restarted). Re-send what the broker and the workers no longer hold.
+                recover_lost(settings, current_app, older_than=STALL_SECONDS)
+                last_change = time.monotonic()
+            if supervisor is not None:
+                supervisor.check()
+            if time.monotonic() - started > timeout:
+                summary.timed_out = True
+                break
+            time.sleep(PROGRESS_EVERY)
+    finally:
+        if supervisor is not None:
+            # The round's own workers stop with it, so nothing fetches its feeds any more.
+            round_.release_leases(dead_letters_only=False)
+    round_.release_leases(dead_letters_only=True)
+    round_.summarize(summary)
     summary.seconds = time.monotonic() - started
+    if summary.timed_out:
+        raise RoundTimeout(timeout_message(summary, timeout, supervisor), summary)
     return summary
 
 
-def _resend_stalled(settings: Settings, poll_ids: list[int]) -> None:
-    requeue_unfinished(settings, older_than=STALL_SECONDS)
-    with session_scope(settings) as session:
-        for chunk in chunked(poll_ids, 5000):
-            enqueue_fetches(list(session.scalars(select(Poll.id).where(Poll.id.in_(chunk), Poll.status == POLL_QUEUED))))
+class Round:
+    """The database side of one ``run --once`` round: its progress, its dead letters, its summary."""
 
+    def __init__(self, settings: Settings, poll_ids: list[int], started_at: datetime) -> None:
+        self.settings = settings
+        self.poll_ids = poll_ids
+        self.started_at = started_at
+        self.dead = service_storage.DeadLetters({}, frozenset())
+        self.last: Progress | None = None
+        self._last_count = 0.0
 
-def _progress(settings: Settings, poll_ids: list[int], last: Progress | None = None) -> Progress:
-    """The round's progress; with ``last``, the pending articles are not counted again.
+    def progress(self) -> Progress:
+        """Counted in full (pending articles by stage, dead letters) every PENDING_COUNT_EVERY s;
+        in between, only the unfinished polls are counted, and once they are all finished, only
+        whether any article is left is asked, so the round ends at the first check that finds none."""
+        full = self.last is None or time.monotonic() - self._last_count >= PENDING_COUNT_EVERY
+        with session_scope(self.settings, read_only=True) as session:
+            if full:
+                self._last_count = time.monotonic()
+                self.dead = service_storage.dead_letters_since(session, self.started_at)
+            finished = service_storage.finished_polls(session, self.poll_ids, self.dead.poll_errors)
+            by_stage = None
+            if full:
+                by_stage = service_storage.pending_articles_by_stage(session, self.dead.article_ids)
+                pending = sum(by_stage.values())
+            elif finished < len(self.poll_ids):
+                pending = self.last.articles_pending
+            elif service_storage.any_pending_article(session, self.dead.article_ids):
+                pending = max(self.last.articles_pending, 1)
+            else:
+                pending = 0
+        self.last = Progress(len(self.poll_ids), finished, pending, by_stage or (self.last.by_stage if self.last else None))
+        return self.last
 
-    The count is then ``last``'s while some of the round's polls are unfinished (the round cannot
-    end yet, and their articles are still coming), else it is only asked whether any article is
-    left: ``last``'s count (at least 1) if so, 0 if not. So the round ends as soon as before.
-    """
-    with session_scope(settings, read_only=True) as session:
-        finished = 0
-        for chunk_start in range(0, len(poll_ids), 5000):
-            chunk = poll_ids[chunk_start : chunk_start + 5000]
-            finished += session.scalar(
-                select(func.count()).select_from(Poll).where(Poll.id.in_(chunk), Poll.status.in_(POLL_FINISHED))
-            ) or 0
-        # ``stage IN (...)`` is a range of the (stage, status) index, where ``stage != 'done'`` is not.
-        unfinished = (Article.status == PENDING, Article.stage.in_(ARTICLE_STAGES))
-        if last is None:
-            pending = session.scalar(select(func.count()).select_from(Article).where(*unfinished)) or 0
-        elif finished < len(poll_ids):
-            pending = last.articles_pending
-        elif session.scalar(select(Article.id).where(*unfinished).limit(1)) is None:
-            pending = 0
-        else:
-            pending = max(last.articles_pending, 1)
-    return Progress(len(poll_ids), finished, pending)
+    def release_leases(self, dead_letters_only: bool) -> None:
+        """Free the feeds of polls that cannot finish (dead letters), or of every unfinished poll."""
+        with session_scope(self.settings) as session:
+            self.dead = service_storage.dead_letters_since(session, self.started_at)
+            polls = [p for p in self.poll_ids if p in self.dead.poll_errors] if dead_letters_only else self.poll_ids
+            service_storage.release_leases(session, polls, unfinished_only=True)
 
-
-def _summarize(settings: Settings, poll_ids: list[int], summary: RoundSummary) -> None:
-    with session_scope(settings) as session:
-        for chunk_start in range(0, len(poll_ids), 5000):
-            chunk = poll_ids[chunk_start : chunk_start + 5000]
-            rows = session.execute(
-                select(Feed.url, Poll.status, Poll.status_code, Poll.new_entries, Poll.updated_entries, Poll.error)
-                .join(Feed, Feed.id == Poll.feed_id)
-                .where(Poll.id.in_(chunk))
-                .order_by(Feed.url)
-            ).all()
-            summary.polls.extend(PollOutcome(*row) for row in rows)
-            articles = session.execute(
-                select(Article.status, Article.duplicate_of.is_not(None), func.count())
-                .where(Article.poll_id.in_(chunk))
-                .group_by(Article.status, Article.duplicate_of.is_not(None))
-            ).all()
-            for status, is_duplicate, count in articles:
+    def summarize(self, summary: RoundSummary) -> None:
+        with session_scope(self.settings) as session:
+            for row in service_storage.round_polls(session, self.poll_ids):
+                status, error = row.status, row.error
+                if row.id in self.dead.poll_errors and status in UNFINISHED:
+                    status, error = "dead_letter", f"failed for good in {UNFINISHED[status]}: {self.dead.poll_errors[row.id]}"
+                next_attempt = iso_utc(row.next_poll_at) if status == POLL_DEFERRED else None
+                summary.polls.append(PollOutcome(row.url, status, row.status_code, row.new_entries,
+                                                 row.updated_entries, error, next_attempt))
+            for status, is_duplicate, count in service_storage.round_articles(session, self.poll_ids):
                 if status == FAILED:
                     summary.articles_failed += count
-                else:
+                elif status != PENDING:
                     summary.articles_done += count
                 if is_duplicate:
                     summary.duplicates += count
-    summary.articles_new = sum(p.new_entries for p in summary.polls)
-    summary.articles_updated = sum(p.updated_entries for p in summary.polls)
+            failed = service_storage.failed_articles(session, self.poll_ids, self.dead.article_ids)
+            summary.failed_articles = [FailedArticle(*row) for row in failed]
+            summary.articles_failed = len(summary.failed_articles)
+            if summary.timed_out:
+                counts = service_storage.pending_articles_by_stage(session, self.dead.article_ids)
+                summary.unfinished_articles = {stage: n for stage, n in counts.items() if n}
+        summary.articles_new = sum(p.new_entries for p in summary.polls)
+        summary.articles_updated = sum(p.updated_entries for p in summary.polls)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
+
+
+def timeout_message(summary: RoundSummary, timeout: float, supervisor: Supervisor | None) -> str:
+    """One line: what was left when the round timed out, and what may explain it."""
+    waiting = summary.of_status(*UNFINISHED)
+    parts = [f"timed out after {timeout:g} s with work unfinished: {len(waiting)} feed(s)"]
+    if waiting:
+        parts[0] += " (" + ", ".join(f"{p.feed_url} waiting for {UNFINISHED[p.status]}" for p in waiting[:5]) + \
+            (", ..." if len(waiting) > 5 else "") + ")"
+    articles = sum(summary.unfinished_articles.values())
+    parts.append(f"{articles} article(s)" + (" (" + ", ".join(
+        f"{n} in {stage}" for stage, n in summary.unfinished_articles.items()) + ")" if articles else ""))
+    deferred = summary.of_status(POLL_DEFERRED)
+    if deferred:
+        parts.append("deferred by the publisher: " + ", ".join(f"{p.feed_url} until {p.next_attempt}" for p in deferred))
+    restarts = supervisor.describe() if supervisor is not None else ""
+    if restarts:
+        parts.append(restarts)
+    elif supervisor is None:
+        parts.append("are workers running?")
+    return "; ".join(parts)
 
 
 def worker_log_path(settings: Settings) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -48,79 +49,119 @@ def worker(queues: str, concurrency: int | None, loglevel: str, name: str | None
 @click.option("--loglevel", default="INFO", show_default=True)
 def scheduler(loglevel: str) -> None:
     """Run the scheduler alone (celery beat enqueuing due feeds)."""
-    settings = migrated_settings()
-    os.execv(sys.executable, service.scheduler_command(settings, loglevel))
+    migrated_settings()
+    os.execv(sys.executable, service.scheduler_command(loglevel))
 
 
 @click.command()
 @click.option("--once", is_flag=True, help="Poll every feed once, wait for all stages, print a summary, exit.")
 @click.option("--no-workers", is_flag=True, help="Workers run elsewhere; start none here.")
 @click.option("--concurrency", "-c", type=int, help="Worker processes to start (default: one per core).")
+@click.option("--web-port", type=int, help="Also serve the web endpoint (WebSub, /metrics, /healthz) on this port.")
 @click.option("--timeout", default=1800.0, show_default=True, help="With --once: seconds to wait for all work.")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the summary as JSON.")
-def run(once: bool, no_workers: bool, concurrency: int | None, timeout: float, as_json: bool) -> None:
-    """Run workers and scheduler together: the whole service on one machine."""
+def run(once: bool, no_workers: bool, concurrency: int | None, web_port: int | None, timeout: float,
+        as_json: bool) -> None:
+    """Run workers and scheduler together, restarting any that exits, until SIGTERM or SIGINT.
+
+    With --once: exit 0 when every feed and article is done, 1 when some failed (named in the
+    summary), 3 when --timeout ran out with work unfinished (named).
+    """
     settings = migrated_settings()
+    _log_to_stderr()
     if once:
-        _run_once(settings, no_workers, concurrency, timeout, as_json)
-        return
+        sys.exit(_run_once(settings, no_workers, concurrency, timeout, as_json))
     os.environ.update(worker_environment(settings))
-    children = [service.start_process(service.scheduler_command(settings))]
+    children = [service.Child("scheduler", service.scheduler_command())]
     if not no_workers:
-        children.append(service.start_process(service.worker_command(concurrency=concurrency)))
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+        children.append(service.Child("worker", service.worker_command(concurrency=concurrency)))
+    if web_port is not None:
+        children.append(service.Child("web", service.web_command(web_port)))
+    supervisor = service.Supervisor(settings, children)
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, _frame: stopping.append(signum))
+    supervisor.start()
     try:
-        enqueue_fetches(claim_feeds(settings))  # start now, not at the first beat
-        while all(child.poll() is None for child in children):
-            time.sleep(1)
-        codes = [child.returncode for child in children]
-        raise click.ClickException(f"a child process exited (exit codes {codes}); stopping")
+        try:
+            enqueue_fetches(claim_feeds(settings))  # start now, not at the first beat
+        except Exception as exc:  # noqa: BLE001 - the scheduler's first dispatch does it then
+            service.log.warning("first dispatch failed (%s); the scheduler dispatches again", type(exc).__name__)
+        while not stopping:
+            supervisor.check()
+            time.sleep(SUPERVISE_EVERY)
+        service.log.info("%s: warm shutdown of %s", signal.Signals(stopping[0]).name,
+                         ", ".join(child.name for child in children))
     finally:
-        for child in children:
-            service.stop_process(child)
+        supervisor.stop()
 
 
-def _run_once(settings: Settings, no_workers: bool, concurrency: int | None, timeout: float, as_json: bool) -> None:
-    workers = None
+#: How often ``feedmill run`` looks at its children.
+SUPERVISE_EVERY = 0.2
+
+
+def _log_to_stderr() -> None:
+    """The supervisor's own lines (restarts, crash loops) on stderr, beside its children's output."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/feedmill run] %(message)s"))
+    service.log.addHandler(handler)
+    service.log.setLevel(logging.INFO)
+    service.log.propagate = False
+
+
+def _run_once(settings: Settings, no_workers: bool, concurrency: int | None, timeout: float, as_json: bool) -> int:
+    supervisor = None
     if not no_workers:
         log_path = service.worker_log_path(settings)
-        workers = service.start_process(service.worker_command(concurrency=concurrency), log_path)
+        worker = service.Child("worker", service.worker_command(concurrency=concurrency), log_path)
+        supervisor = service.Supervisor(settings, [worker], record=False)
+        supervisor.start()
     show_progress = sys.stderr.isatty() and not as_json
     try:
         summary = service.run_once(
             settings,
             timeout=timeout,
-            workers=workers,
+            supervisor=supervisor,
             on_progress=_print_progress if show_progress else lambda progress: None,
         )
-    except (service.RoundTimeout, service.WorkersDied) as exc:
-        hint = f"; worker log: {log_path}" if workers is not None else ""
-        raise click.ClickException(f"{exc}{hint}") from exc
+        message = None
+    except service.RoundTimeout as exc:
+        summary = exc.summary
+        hint = f"; worker log: {log_path}" if supervisor is not None else ""
+        message = f"{exc}{hint}"
     finally:
         if show_progress:
             click.echo("", err=True)
-        if workers is not None:
-            service.stop_process(workers)
+        if supervisor is not None:
+            supervisor.stop()
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
-        return
-    _print_summary(summary, sys.stdout)
+    else:
+        _print_summary(summary, sys.stdout)
+    if message:
+        click.echo(f"feedmill: error: {message}", err=True)
+    return summary.exit_code
 
 
 def _print_progress(progress: service.Progress) -> None:
+    stages = ", ".join(f"{stage} {n}" for stage, n in (progress.by_stage or {}).items())
     click.echo(
         f"\rfeeds polled {progress.polls_finished}/{progress.polls_total}; "
-        f"articles still in stages: {progress.articles_pending}   ",
+        f"articles in stages: {progress.articles_pending}" + (f" ({stages})" if stages else "") + "   ",
         err=True,
         nl=False,
     )
 
 
 def _print_summary(summary: service.RoundSummary, out: TextIO) -> None:
-    ok = len(summary.polls) - len(summary.feed_errors)
+    unchanged = summary.of_status("not_modified")
+    deferred = summary.of_status("deferred")
+    failed = summary.feed_errors
+    ok = len(summary.polls) - len(failed) - len(unchanged) - len(deferred)
     print(
         f"polled {len(summary.polls)} feed(s) in {summary.seconds:.1f} s: {ok} ok, "
-        f"{len(summary.feed_errors)} failed"
+        f"{len(failed)} failed, {len(unchanged)} unchanged (304)"
+        + (f", {len(deferred)} deferred (Retry-After)" if deferred else "")
         + (f", {summary.skipped_feeds} skipped (being fetched elsewhere)" if summary.skipped_feeds else ""),
         file=out,
     )
@@ -130,8 +171,19 @@ def _print_summary(summary: service.RoundSummary, out: TextIO) -> None:
         f"{summary.duplicates} duplicate(s)",
         file=out,
     )
-    for poll in summary.feed_errors:
+    for poll in failed:
         print(f"  failed: {poll.feed_url}: {poll.error}", file=out)
+    for poll in deferred:
+        print(f"  deferred: {poll.feed_url}: HTTP {poll.status_code}, next attempt {poll.next_attempt}", file=out)
+    for article in summary.failed_articles[:FAILED_ARTICLES_SHOWN]:
+        print(f"  failed article {article.id} ({article.feed_url}) in {article.stage}: {article.error}", file=out)
+    if len(summary.failed_articles) > FAILED_ARTICLES_SHOWN:
+        print(f"  ... and {len(summary.failed_articles) - FAILED_ARTICLES_SHOWN} more failed article(s) "
+              "(feedmill failures list; --json names them all)", file=out)
+
+
+#: Failed articles named in the text summary (--json names every one).
+FAILED_ARTICLES_SHOWN = 20
 
 
 @click.command()

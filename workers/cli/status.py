@@ -66,6 +66,12 @@ def status(as_json: bool) -> None:
     for feed in s["feeds_in_trouble"]:
         lines.append(f"  {feed['url']}: {feed['consecutive_errors']} error(s) in a row, last {feed['last_error']}; "
                      f"last success {iso(feed['last_success']) or 'never'}; next poll {iso(feed['next_poll_at'])}")
+    for child in s["service"]:
+        loop = " CRASH LOOP" if child["crash_loop"] else ""
+        exited = f", last exit code {child['last_exit_code']} at {iso(child['last_exit_at'])}" if child["last_exit_at"] else ""
+        lines.append(f"service {child['host']} pid {child['supervisor_pid']}: {child['name']} "
+                     f"{'pid ' + str(child['pid']) if child['pid'] else 'restarting'}, "
+                     f"{child['restarts']} restart(s){exited}{loop}")
     stuck = s["oldest_stuck"]
     if stuck is None:
         lines.append("oldest unfinished: nothing waiting")
