@@ -82,6 +82,11 @@ class Feed(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     url: Mapped[str] = mapped_column(Text, unique=True)
+    #: ``url`` in its normal spelling (``tasks.links.feed_url_key``), unique: one feed per resource.
+    #: NULL only for a feed that migration 0011 found duplicating another (retired, reason given).
+    url_key: Mapped[str | None] = mapped_column(Text)
+    #: Folders of the OPML outline it came from, outermost first (written back by ``feeds export``).
+    tags: Mapped[list[str] | None] = mapped_column(JSONValue)
     title: Mapped[str | None] = mapped_column(Text)
     site_url: Mapped[str | None] = mapped_column(Text)
     #: active | paused | retired
@@ -119,7 +124,10 @@ class Feed(Base):
     consecutive_errors: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (Index("ix_feeds_due", "status", "next_poll_at"),)
+    __table_args__ = (
+        Index("ix_feeds_due", "status", "next_poll_at"),
+        Index("ux_feeds_url_key", "url_key", unique=True),
+    )
 
 
 class Poll(Base):
@@ -191,6 +199,8 @@ class Article(Base):
     raw_content_html: Mapped[str | None] = mapped_column(Text)
     #: The entry's categories as the feed gave them.
     raw_tags: Mapped[list[str] | None] = mapped_column(JSONValue)
+    #: The entry's media files (``schemas.payloads.Enclosure.to_dict``), http(s) URLs only.
+    enclosures: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONValue)
     #: Fingerprint of the raw fields: an unchanged re-poll matches it and stores nothing.
     raw_hash: Mapped[str] = mapped_column(String(64))
     #: The poll that last inserted or changed this article.

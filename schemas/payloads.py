@@ -69,6 +69,21 @@ class FetchResult:
 
 
 @dataclass(frozen=True)
+class Enclosure:
+    """A file an entry carries (a podcast episode, a video, an image), its URL http(s) only."""
+
+    url: str
+    type: str | None = None
+    #: Size in bytes, as the feed declares it.
+    length: int | None = None
+    #: Play time in seconds (itunes:duration, media:content/@duration, JSON Feed duration_in_seconds).
+    duration: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "type": self.type, "length": self.length, "duration": self.duration}
+
+
+@dataclass(frozen=True)
 class RawEntry:
     """One feed entry as feedparser gave it, before any cleaning.
 
@@ -88,6 +103,8 @@ class RawEntry:
     raw_hash: str
     #: The entry's categories (RSS ``category``, Atom ``category/@term``), for rules.
     tags: tuple[str, ...] = ()
+    #: RSS enclosures, Atom ``rel="enclosure"`` links, JSON Feed attachments, Media RSS and iTunes media.
+    enclosures: tuple[Enclosure, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,8 @@ class ParsedFeed:
     #: WebSub: the hub the feed advertises and its own canonical (self) URL.
     hub_url: str | None = None
     self_url: str | None = None
+    #: URLs the document gave that were not http(s) (``javascript:`` and the like), dropped.
+    dropped_links: int = 0
 
 
 @dataclass(frozen=True)

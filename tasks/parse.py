@@ -30,26 +30,16 @@ import feedparser
 from celery import shared_task
 from feedparser.datetimes import _parse_date as feedparser_date
 from lxml import etree
-from sqlalchemy import select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
-from schemas.db import insert_for, session_scope
-from schemas.models import (
-    PENDING,
-    POLL_ERROR,
-    POLL_FETCHED,
-    POLL_PARSED,
-    Article,
-    Feed,
-    Poll,
-    utcnow,
-)
-from schemas.payloads import ParsedFeed, PollRef, RawEntry
-from schemas.pipeline import FIRST_ARTICLE_STAGE
+from schemas.db import session_scope
+from schemas.payloads import Enclosure, ParsedFeed, PollRef, RawEntry
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
-from tasks.schedule import feed_hints, http_hints
-from tasks.storage.feeds import finish_poll_of_feed
+from tasks.jsonfeed import NotJsonFeed, looks_like_json, read_json_feed
+from tasks.links import safe_link
+from tasks.schedule import feed_hints
+from tasks.storage import entries as stored_entries
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +52,15 @@ class NotAFeed(Exception):
 
 
 def parse_document(body: bytes, content_type: str | None, url: str | None) -> ParsedFeed:
-    """Parse a feed document; raise ``NotAFeed`` with the reason when it yields nothing."""
+    """Parse a feed document (RSS, Atom or JSON Feed); raise ``NotAFeed`` with the reason when it yields nothing.
+
+    ``url`` is the document's address: relative links resolve against it.
+    """
+    if looks_like_json(body, content_type):
+        log.debug("parsed as JSON Feed", extra={"parser": "jsonfeed", "fallback": None})
+        return _parse_json_feed(body, url)
     try:
-        parsed = _parse_fast(body, fast_path_channel(body, content_type))
+        parsed = _parse_fast(body, fast_path_channel(body, content_type), url)
     except FastPathRefused as refusal:
         log.debug("parsed with feedparser: %s", refusal, extra={"parser": "feedparser", "fallback": str(refusal)})
         return _parse_feedparser(body, content_type, url)
@@ -79,22 +75,49 @@ def _parse_feedparser(body: bytes, content_type: str | None, url: str | None) ->
         headers["content-type"] = content_type
     parsed = feedparser.parse(body, response_headers=headers, **PARSER_OPTIONS)
     bozo_error = str(parsed.get("bozo_exception") or "") or None if parsed.bozo else None
-    if not parsed.entries:
+    if not parsed.entries and (bozo_error or not parsed.get("version")):
+        if looks_like_html(body, content_type):
+            raise NotAFeed("not a feed: an HTML page, not RSS, Atom or JSON Feed")
         if bozo_error:
             raise NotAFeed(f"not a feed: {bozo_error}")
-        if not parsed.get("version"):
-            raise NotAFeed("not a recognised RSS or Atom document")
+        raise NotAFeed("not a recognised RSS or Atom document")
     feed_meta = parsed.feed
     links = {link.get("rel"): link.get("href") for link in feed_meta.get("links", []) if link.get("href")}
     return ParsedFeed(
         title=feed_meta.get("title"),
-        site_url=feed_meta.get("link"),
-        entries=raw_entries(parsed.entries),
+        site_url=safe_link(feed_meta.get("link"), url),
+        entries=raw_entries(parsed.entries, url),
         bozo_error=bozo_error,
         schedule_hints=feed_hints(feed_meta, body).to_dict(),
-        hub_url=links.get("hub"),
-        self_url=links.get("self"),
+        hub_url=safe_link(links.get("hub"), url),
+        self_url=safe_link(links.get("self"), url),
+        dropped_links=dropped_links(parsed.entries, url),
     )
+
+
+def _parse_json_feed(body: bytes, url: str | None) -> ParsedFeed:
+    try:
+        feed = read_json_feed(body)
+    except NotJsonFeed as exc:
+        raise NotAFeed(f"not a feed: {exc}") from None
+    return ParsedFeed(
+        title=feed.title,
+        site_url=safe_link(feed.site_url, url),
+        entries=raw_entries(feed.entries, url),
+        hub_url=safe_link(feed.hub_url, url),
+        self_url=safe_link(feed.self_url, url),
+        dropped_links=dropped_links(feed.entries, url),
+    )
+
+
+_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", re.IGNORECASE | re.DOTALL)
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+
+def looks_like_html(body: bytes, content_type: str | None) -> bool:
+    """Served as HTML, or opening as an HTML page does."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type in _HTML_TYPES or bool(_HTML_START.match(body[:4096]))
 
 
 class FastPathRefused(Exception):
@@ -210,7 +233,7 @@ def _check_item(item: Any) -> None:
         raise FastPathRefused("a relative link or permalink GUID")
 
 
-def _parse_fast(body: bytes, channel: Any) -> ParsedFeed:
+def _parse_fast(body: bytes, channel: Any, url: str | None) -> ParsedFeed:
     """fastfeedparser's reading of a document ``fast_path_channel`` accepted, as feedparser's values."""
     items = channel.findall("item")
     try:
@@ -230,11 +253,12 @@ def _parse_fast(body: bytes, channel: Any) -> ParsedFeed:
     }
     return ParsedFeed(
         title=_feedparser_text(feed.get("title")),
-        site_url=_feedparser_text(feed.get("link")),
-        entries=raw_entries(entries),
+        site_url=safe_link(_feedparser_text(feed.get("link")), url),
+        entries=raw_entries(entries, url),
         schedule_hints=feed_hints(feed_meta, body).to_dict(),
-        hub_url=links.get("hub"),
-        self_url=links.get("self"),
+        hub_url=safe_link(links.get("hub"), url),
+        self_url=safe_link(links.get("self"), url),
+        dropped_links=dropped_links(entries, url),
     )
 
 
@@ -258,6 +282,9 @@ def _as_feedparser_entry(entry: dict[str, Any], item: Any) -> dict[str, Any]:
     if "description" in present:
         result["summary"], result["summary_detail"] = _feedparser_text(entry.get("description")), True
     result["tags"] = [{"term": _feedparser_text(tag["term"])} for tag in entry.get("tags") or ()]
+    result["enclosures"] = [
+        {"href": e.get("url"), "type": e.get("type"), "length": e.get("length")} for e in item.findall("enclosure")
+    ]
     result["published_parsed"] = _feedparser_date(item.findtext("pubDate")) or _feedparser_date(item.findtext(_DC_DATE))
     return result
 
@@ -277,19 +304,21 @@ def _feedparser_text(value: str | None) -> str | None:
         return value
 
 
-def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
+def raw_entries(entries: Sequence[Any], base: str | None = None) -> tuple[RawEntry, ...]:
     """Turn feedparser entries into ``RawEntry`` values with a stable identity each.
 
     The identity is the GUID; when an entry has none, or the document repeats
     it across items, the link; failing that too, a hash of title and date.
     (A GUID reused across documents is caught when storing: ``reuses_guid``.)
+    Links and enclosures resolve against ``base`` and are kept only when http(s).
     """
     guid_counts = Counter(e.get("id") for e in entries if e.get("id"))
-    link_counts = Counter(e.get("link") for e in entries if e.get("link"))
+    links = [safe_link(e.get("link"), base) for e in entries]
+    link_counts = Counter(link for link in links if link)
     result: list[RawEntry] = []
     seen_keys: set[str] = set()
-    for entry in entries:
-        guid, link = entry.get("id") or None, entry.get("link") or None
+    for entry, link in zip(entries, links):
+        guid = entry.get("id") or None
         title = entry.get("title")
         published = _entry_datetime(entry)
         content = entry.get("content")
@@ -306,8 +335,11 @@ def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
         seen_keys.add(key)
         fields = [guid, link, title, entry.get("author"), published, summary_html, content_html]
         tags = _entry_tags(entry)
-        if tags:  # entries without categories keep the hash they always had
+        enclosures = entry_enclosures(entry, base)
+        if tags or enclosures:  # entries without categories or media keep the hash they always had
             fields.append(list(tags))
+        if enclosures:
+            fields.append([enclosure.to_dict() for enclosure in enclosures])
         result.append(
             RawEntry(
                 entry_key=key,
@@ -319,10 +351,77 @@ def raw_entries(entries: Sequence[Any]) -> tuple[RawEntry, ...]:
                 summary_html=summary_html,
                 content_html=content_html,
                 tags=tags,
+                enclosures=enclosures,
                 raw_hash=_digest([f.isoformat() if isinstance(f, datetime) else f for f in fields]),
             )
         )
     return tuple(result)
+
+
+def _media(entry: Any) -> list[dict[str, Any]]:
+    """The entry's media as feedparser gives them: enclosures (RSS, Atom, JSON Feed attachments),
+    Media RSS content and thumbnails, the iTunes image; each with ``href`` or ``url``."""
+    image = entry.get("image")
+    return [
+        *(entry.get("enclosures") or ()), *(entry.get("media_content") or ()),
+        *(entry.get("media_thumbnail") or ()), *([image] if isinstance(image, dict) else ()),
+    ]
+
+
+def entry_enclosures(entry: Any, base: str | None) -> tuple[Enclosure, ...]:
+    """The entry's media files with http(s) URLs, each URL once, in document order.
+
+    ``itunes:duration`` gives the play time of the first audio or video file that has none.
+    """
+    found: dict[str, Enclosure] = {}
+    for media in _media(entry):
+        url = safe_link(_stripped(media.get("href") or media.get("url")), base)
+        if url and url not in found:
+            found[url] = Enclosure(
+                url=url,
+                type=_stripped(media.get("type")),
+                length=_count(media.get("length") or media.get("filesize")),
+                duration=_count(media.get("duration")),
+            )
+    enclosures = list(found.values())
+    duration = play_seconds(entry.get("itunes_duration"))
+    for index, enclosure in enumerate(enclosures):
+        if duration is not None and enclosure.duration is None and (enclosure.type or "").startswith(("audio/", "video/")):
+            enclosures[index] = replace(enclosure, duration=duration)
+            break
+    return tuple(enclosures)
+
+
+def dropped_links(entries: Sequence[Any], base: str | None) -> int:
+    """How many item links and media URLs the document gave that ``safe_link`` refuses."""
+    given = [e.get("link") for e in entries] + [m.get("href") or m.get("url") for e in entries for m in _media(e)]
+    return sum(1 for url in given if isinstance(url, str) and url.strip() and safe_link(_stripped(url), base) is None)
+
+
+def _stripped(value: Any) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative whole number from a feed attribute (``"123"``, ``123``, ``"30.5"``), else None."""
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number >= 0 else None
+
+
+def play_seconds(value: Any) -> int | None:
+    """``itunes:duration`` in seconds: ``"3723"``, ``"62:03"`` or ``"1:02:03"``."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    parts = value.strip().split(":")
+    if len(parts) > 3 or not all(part.strip().isdigit() for part in parts):
+        return _count(value)
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return seconds
 
 
 def fallback_key(link: str | None, title: str | None, published: datetime | None, *, unique_link: bool = True) -> str:
@@ -345,17 +444,11 @@ def reuses_guid(stored_link: str | None, stored_title: str | None, entry: RawEnt
     )
 
 
-def _rekey_reused_guids(session: Session, feed_id: int, entries: Sequence[RawEntry]) -> list[RawEntry]:
-    """Give entries that reuse a stored entry's GUID for another item their fallback identity."""
-    guid_keys = [e.entry_key for e in entries if e.entry_key.startswith("guid:")]
-    stored = {
-        key: (link, title)
-        for key, link, title in session.execute(
-            select(Article.entry_key, Article.link, Article.raw_title).where(
-                Article.feed_id == feed_id, Article.entry_key.in_(guid_keys)
-            )
-        )
-    } if guid_keys else {}
+def rekey_reused_guids(entries: Sequence[RawEntry], stored: dict[str, tuple[str | None, str | None]]) -> list[RawEntry]:
+    """Give entries that reuse a stored entry's GUID for another item their fallback identity.
+
+    ``stored`` maps the GUID keys already stored for the feed to their (link, title).
+    """
     result: dict[str, RawEntry] = {}
     for entry in entries:
         if entry.entry_key in stored and reuses_guid(*stored[entry.entry_key], entry):
@@ -386,141 +479,35 @@ def _digest(parts: Sequence[Any]) -> str:
 
 
 def store_entries(
-    session: Session, feed_id: int, poll_id: int, entries: Sequence[RawEntry]
+    session: Session, feed_id: int, poll_id: int | None, entries: Sequence[RawEntry]
 ) -> tuple[list[int], list[int]]:
     """Insert new entries, update changed ones; return (new ids, changed ids)."""
     if not entries:
         return [], []
-    entries = _rekey_reused_guids(session, feed_id, entries)
-    now = utcnow()
-    rows = [
-        {
-            "feed_id": feed_id,
-            "poll_id": poll_id,
-            "entry_key": e.entry_key,
-            "guid": e.guid,
-            "link": e.link,
-            "published_at": e.published_at,
-            "raw_title": e.title,
-            "raw_author": e.author,
-            "raw_summary_html": e.summary_html,
-            "raw_content_html": e.content_html,
-            "raw_tags": list(e.tags),
-            "raw_hash": e.raw_hash,
-            "revision": 1,
-            "stage": FIRST_ARTICLE_STAGE,
-            "status": PENDING,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for e in entries
-    ]
-    insert = insert_for(session, Article.__table__)
-    # Rows as executemany parameters, not one VALUES list: the statement compiles once per
-    # process instead of once per poll, and SQLAlchemy still sends few multi-row INSERTs.
-    new_ids = list(
-        session.scalars(
-            insert.on_conflict_do_nothing(index_elements=["feed_id", "entry_key"]).returning(Article.id),
-            rows,
-        )
-    )
-    if len(new_ids) == len(rows):
-        return sorted(new_ids), []  # all new: nothing stored to compare with
-    by_key = {e.entry_key: e for e in entries}
-    existing = session.scalars(
-        select(Article)
-        .where(
-            Article.feed_id == feed_id,
-            Article.entry_key.in_(list(by_key)),
-            Article.id.not_in(new_ids),
-        )
-        .with_for_update()
-    ).all()
-    changed_ids = []
-    for article in existing:
-        entry = by_key[article.entry_key]
-        if article.raw_hash == entry.raw_hash:
-            continue
-        article.guid, article.link = entry.guid, entry.link
-        article.published_at = entry.published_at
-        article.raw_title, article.raw_author = entry.title, entry.author
-        article.raw_summary_html, article.raw_content_html = entry.summary_html, entry.content_html
-        article.raw_tags = list(entry.tags)
-        article.raw_hash = entry.raw_hash
-        article.revision += 1
-        article.poll_id = poll_id
-        article.stage, article.status, article.error = FIRST_ARTICLE_STAGE, PENDING, None
-        article.updated_at = now
-        changed_ids.append(article.id)
-    return sorted(new_ids), sorted(changed_ids)
+    guid_keys = [e.entry_key for e in entries if e.entry_key.startswith("guid:")]
+    stored = stored_entries.stored_guid_entries(session, feed_id, guid_keys)
+    return stored_entries.insert_or_update(session, feed_id, poll_id, rekey_reused_guids(entries, stored))
 
 
 def run_parse(settings: Settings, poll_id: int) -> list[int]:
     """Parse a fetched poll and store its entries; return the article ids awaiting clean."""
     with session_scope(settings) as session:
-        # Only what parsing needs: the body (about 130 kB a document) is read once, here.
-        row = session.execute(
-            select(Poll.status, Poll.body, Poll.content_type, Poll.final_url).where(Poll.id == poll_id)
-        ).first()
-        if row is None:
+        fetched = stored_entries.fetched_document(session, poll_id)
+        if fetched is None:
             return []
-        if row.status != POLL_FETCHED:
+        if not fetched.awaiting_parse:
             # Parsed by an earlier delivery: hand on whatever it left waiting.
-            return _articles_awaiting_clean(session, poll_id)
-        body, content_type, url = row.body or b"", row.content_type, row.final_url
+            return stored_entries.articles_awaiting_clean(session, poll_id)
     try:
-        parsed: ParsedFeed | None = parse_document(body, content_type, url)
+        parsed: ParsedFeed | None = parse_document(fetched.body, fetched.content_type, fetched.url)
         error = None
     except NotAFeed as exc:
         parsed, error = None, str(exc)[:500]
-    # No autoflush: the poll and the feed are written in one UPDATE each, at commit, instead of
-    # being flushed half-updated by the queries in between (the changed articles are flushed
-    # explicitly before the publishing rate counts them).
-    with session_scope(settings) as session, session.no_autoflush:
-        # The poll and its feed locked in one query, without the body read above: it is only cleared.
-        locked = session.execute(
-            select(Poll, Feed)
-            .join(Feed, Feed.id == Poll.feed_id)
-            .where(Poll.id == poll_id)
-            .options(defer(Poll.body))
-            .with_for_update()
-        ).first()
-        if locked is None or locked[0].status != POLL_FETCHED:
-            return []
-        poll, feed = locked
-        now = utcnow()
-        pushed = poll.kind == "push"  # a WebSub delivery: the feed's own poll schedule is untouched
-        if parsed is None:
-            poll.finished_at, poll.body = now, None
-            poll.status, poll.error = POLL_ERROR, error
-            if not pushed:
-                finish_poll_of_feed(session, settings, feed, "error", http_hints(poll.cache_headers or {}, now), error)
-            return []
-        new_ids, changed_ids = store_entries(session, feed.id, poll.id, parsed.entries)
-        session.flush()  # the changed articles (their dates count in the publishing rate); nothing else is dirty yet
-        poll.finished_at, poll.body = now, None
-        poll.status = POLL_PARSED
-        poll.new_entries, poll.updated_entries = len(new_ids), len(changed_ids)
-        poll.error = f"malformed but usable: {parsed.bozo_error}"[:500] if parsed.bozo_error else None
-        feed.title = parsed.title or feed.title
-        feed.site_url = parsed.site_url or feed.site_url
-        feed.websub_hub = parsed.hub_url or feed.websub_hub
-        feed.websub_topic = parsed.self_url or feed.websub_topic
-        if not pushed:
-            feed.etag, feed.last_modified = poll.etag, poll.last_modified
-            feed.schedule_hints = parsed.schedule_hints
-            finish_poll_of_feed(session, settings, feed, "ok", http_hints(poll.cache_headers or {}, now))
-        return sorted(new_ids + changed_ids)
-
-
-def _articles_awaiting_clean(session: Session, poll_id: int) -> list[int]:
-    return list(
-        session.scalars(
-            select(Article.id)
-            .where(Article.poll_id == poll_id, Article.stage == FIRST_ARTICLE_STAGE, Article.status == PENDING)
-            .order_by(Article.id)
-        )
-    )
+    if parsed is not None and parsed.dropped_links:
+        log.warning("dropped %d link(s) that were not http(s) from poll %d", parsed.dropped_links, poll_id,
+                    extra={"dropped_links": parsed.dropped_links})
+    with session_scope(settings) as session:
+        return stored_entries.record_parse(session, settings, poll_id, parsed, error, store_entries)
 
 
 @shared_task(base=StageTask, name="feedmill.parse")

@@ -101,11 +101,11 @@ def test_postgres_large_columns_use_lz4_and_migration_0009_round_trips(postgres_
 
 def test_migration_0009_changes_nothing_on_sqlite(sqlite_settings: Settings) -> None:
     config = _alembic_config(sqlite_settings)
+    with session_scope(sqlite_settings) as session:
+        heads = set(session.scalars(text("SELECT version_num FROM alembic_version")))
     command.downgrade(config, "0009@-1")  # this branch only
     with session_scope(sqlite_settings) as session:
-        assert set(session.scalars(text("SELECT version_num FROM alembic_version"))) == {
-            "0002", "0003", "0005", "0006", "0008", "0010"
-        }
+        assert set(session.scalars(text("SELECT version_num FROM alembic_version"))) == heads - {"0009"}
     command.upgrade(config, "heads")
     with get_engine(sqlite_settings.database_url).connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []

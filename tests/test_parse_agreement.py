@@ -266,14 +266,6 @@ FALLBACKS = {
         b'<item rdf:about="https://e.org/1"><title>t</title><link>https://e.org/1</link></item></rdf:RDF>',
         "application/rdf+xml", "media type",
     ),
-    "json feed": (
-        b'{"version": "https://jsonfeed.org/version/1.1", "title": "T", "items": [{"id": "1", "title": "t"}]}',
-        "application/feed+json", "media type",
-    ),
-    "json feed as xml": (
-        b'{"version": "https://jsonfeed.org/version/1.1", "title": "T", "items": [{"id": "1", "title": "t"}]}',
-        "application/xml", "not well-formed",
-    ),
     "no media type": (channel(PLAIN_ITEM), None, "no media type"),
     "itunes field": (
         channel(PLAIN_ITEM.replace("</item>", "<itunes:author>A</itunes:author></item>")).replace(

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from schemas.models import Article, Feed, utcnow
 from schemas.settings import Settings
+from tasks.links import BadFeedUrl, feed_url_key
 from tasks.schedule import (
     MIN_ENTRIES_FOR_RATE,
     WEEK,
@@ -27,7 +28,14 @@ RATE_WINDOW = timedelta(days=28)
 
 
 def feed_by_url(session: Session, url: str) -> Feed | None:
-    return session.scalar(select(Feed).where(Feed.url == url.strip()))
+    """The feed stored under exactly this URL, else the one of the same resource spelled otherwise."""
+    url = url.strip()
+    try:
+        key = feed_url_key(url)
+    except BadFeedUrl:
+        key = None
+    exact = Feed.url == url
+    return session.scalar(select(Feed).where(or_(exact, Feed.url_key == key)).order_by(exact.desc(), Feed.id).limit(1))
 
 
 def finish_poll_of_feed(

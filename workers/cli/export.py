@@ -28,6 +28,7 @@ def article_record(article: Article, feed_url: str) -> dict[str, Any]:
         "text": article.text,
         "html": article.html,
         "images": article.images or [],
+        "enclosures": article.enclosures or [],
         "language": article.language,
         "topics": [label for label, _score in (article.topics or [])],
         "topic_scores": {label: score for label, score in (article.topics or [])},

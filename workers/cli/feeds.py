@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 from sqlalchemy import delete, func, or_, select, update
@@ -16,10 +17,16 @@ from schemas.db import insert_for, session_scope
 from schemas.models import Article, Failure, Feed, Poll, Rule, utcnow
 from schemas.settings import Settings
 from tasks.dedupe import delete_index_rows
+from tasks.discover import Probe, probe
 from tasks.fulltext import FULL_TEXT_MODES
+from tasks.links import BadFeedUrl, feed_url_key, safe_link
 from tasks.storage.failures import FailureFilter, open_failures
 from workers.cli.common import find_feed, iso, migrated_settings
 from workers.scheduler import claim_feeds, enqueue_fetches
+
+
+#: URLs fetched at once by `feeds add` and `feeds import` to find their feeds.
+PROBE_CONCURRENCY = 8
 
 
 @click.group()
@@ -27,72 +34,189 @@ def feeds() -> None:
     """Add, import, export and list feeds."""
 
 
-def _check_feed_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise click.ClickException(f"not an http(s) feed URL: {url!r}")
-    return url.strip()
+def _normal_url(url: str) -> str:
+    try:
+        return feed_url_key(url)
+    except BadFeedUrl as exc:
+        raise click.ClickException(str(exc)) from None
 
 
-def _add_feeds(settings: Settings, urls: list[str], websub: bool = False) -> int:
-    """Insert feeds not yet known; return how many were new. ``websub`` also marks known ones."""
-    if not urls:
-        return 0
+@dataclass(frozen=True)
+class NewFeed:
+    url: str
+    #: The OPML folders it sits in, outermost first.
+    tags: tuple[str, ...] = ()
+
+
+def _present(session: Session, urls: list[str]) -> dict[str, str]:
+    """The stored URL of each of these feed URLs already present (in any spelling), by its key."""
+    keys = {feed_url_key(url): url for url in urls}
+    rows = session.execute(select(Feed.url, Feed.url_key).where(or_(Feed.url_key.in_(keys), Feed.url.in_(keys)))).all()
+    found = {key: stored for stored, key in rows if key}
+    found.update({stored: stored for stored, _key in rows if stored in keys and stored not in found})
+    return found
+
+
+def _add_feeds(settings: Settings, wanted: list[NewFeed], websub: bool = False) -> list[str]:
+    """Insert the feeds not yet present (by their normal URL); return the URLs added.
+    ``websub`` also marks the ones present as wanting WebSub."""
+    by_key = {feed_url_key(feed.url): feed for feed in wanted}
+    if not by_key:
+        return []
     with session_scope(settings) as session:
-        insert = insert_for(session, Feed.__table__)
+        present = _present(session, list(by_key))
         rows = [
-            {"url": url, "status": "active", "consecutive_errors": 0, "websub_wanted": websub}
-            for url in dict.fromkeys(urls)
+            {"url": key, "url_key": key, "tags": list(feed.tags) or None, "status": "active",
+             "consecutive_errors": 0, "websub_wanted": websub}
+            for key, feed in by_key.items() if key not in present
         ]
+        insert = insert_for(session, Feed.__table__)
         added = session.scalars(
-            insert.values(rows).on_conflict_do_nothing(index_elements=["url"]).returning(Feed.id)
-        ).all()
+            insert.values(rows).on_conflict_do_nothing(index_elements=["url_key"]).returning(Feed.url)
+        ).all() if rows else []
         if websub:
-            session.execute(update(Feed).where(Feed.url.in_(urls)).values(websub_wanted=True))
-    return len(added)
+            session.execute(update(Feed).where(Feed.url.in_(list(present.values()))).values(websub_wanted=True))
+    return list(added)
+
+
+def _probe_all(settings: Settings, urls: list[str], every: bool) -> list[Probe]:
+    """Fetch each URL (a few at a time) to find its feed."""
+    with ThreadPoolExecutor(max_workers=PROBE_CONCURRENCY) as pool:
+        return list(pool.map(lambda url: probe(url, settings, every=every), urls))
+
+
+@dataclass
+class Intake:
+    """What ``feeds add`` or ``feeds import`` decided per URL, told as it goes."""
+
+    check: bool
+    wanted: list[NewFeed] = field(default_factory=list)
+    refused: int = 0
+
+    def take(self, probed: Probe, tags: tuple[str, ...] = ()) -> None:
+        if probed.feeds:
+            for url in probed.feeds:
+                if probed.found_by:
+                    click.echo(f"{probed.url}: found the feed {url} ({probed.found_by})", err=True)
+                self.wanted.append(NewFeed(url, tags))
+            for reason in probed.skipped:
+                click.echo(f"{probed.url}: skipped {reason}", err=True)
+        elif probed.page or self.check:
+            click.echo(f"feedmill: error: {probed.url}: {probed.problem}", err=True)
+            self.refused += 1
+        else:
+            click.echo(f"warning: {probed.url} gave no feed now ({probed.problem}); added anyway, "
+                       "polled on its schedule (--check refuses it instead)", err=True)
+            self.wanted.append(NewFeed(probed.url, tags))
 
 
 @feeds.command("add")
 @click.argument("urls", nargs=-1, required=True)
 @click.option("--websub", is_flag=True, help="Subscribe through the hub the feed advertises (needs `feedmill web`).")
-def feeds_add(urls: tuple[str, ...], websub: bool) -> None:
-    """Add feeds by URL (already known ones are left as they are)."""
-    checked = [_check_feed_url(url) for url in urls]
-    added = _add_feeds(migrated_settings(), checked, websub)
-    click.echo(f"added {added} feed(s); {len(set(checked)) - added} already present")
+@click.option("--all", "every", is_flag=True, help="Add every feed a page links, not only the first.")
+@click.option("--check", is_flag=True, help="Refuse a URL that does not answer with a feed now, with the reason.")
+def feeds_add(urls: tuple[str, ...], websub: bool, every: bool, check: bool) -> None:
+    """Add feeds by URL: a feed, or a page that links its feeds (already present ones are left as they are).
+
+    Each URL is fetched once: a feed is added; an HTML page's <link rel="alternate"> feeds
+    (else its /feed, /rss.xml, /atom.xml, /index.xml or /feed.json) are found and the first is
+    added. A URL that cannot be fetched, or answers with something else, is added with a warning
+    (it may be passing); --check refuses it. Exit 1 when a URL was refused: an HTML page without
+    feeds, or with --check any URL that gave no feed.
+    """
+    given = {_normal_url(url): url.strip() for url in reversed(urls)}  # the first spelling of each
+    normal = list(dict.fromkeys(_normal_url(url) for url in urls))
+    settings = migrated_settings()
+    with session_scope(settings) as session:
+        present = _present(session, normal)
+    intake = Intake(check)
+    for url in normal:
+        if url in present:
+            click.echo(f"{given[url]}: already present as {present[url]}", err=True)
+    for probed in _probe_all(settings, [url for url in normal if url not in present], every):
+        intake.take(probed)
+    with session_scope(settings) as session:  # a page's feed, or where a URL redirects, may be present
+        found_present = _present(session, [feed.url for feed in intake.wanted]) if intake.wanted else {}
+    for key, stored in found_present.items():
+        click.echo(f"{key}: already present as {stored}", err=True)
+    added = _add_feeds(settings, intake.wanted + [NewFeed(url) for url in present.values()], websub)
+    for url in added:
+        click.echo(f"added {url}")
+    already = len(present) + len(found_present)
+    click.echo(f"added {len(added)} feed(s); {already} already present")
     if websub:
         click.echo("WebSub: subscribing once a poll has found the feed's hub")
+    if intake.refused:
+        raise SystemExit(1)
+
+
+def _opml_feeds(root: ET.Element) -> list[tuple[str, tuple[str, ...]]]:
+    """Each outline's xmlUrl with the folders (outlines without one) around it, outermost first."""
+    found: list[tuple[str, tuple[str, ...]]] = []
+
+    def walk(element: ET.Element, folders: tuple[str, ...]) -> None:
+        for outline in element.findall("outline"):
+            if outline.get("xmlUrl"):
+                found.append((outline.get("xmlUrl", "").strip(), folders))
+            else:
+                name = (outline.get("text") or outline.get("title") or "").strip()
+                walk(outline, folders + (name,) if name else folders)
+
+    for body in root.iter("body"):
+        walk(body, ())
+    return found
 
 
 @feeds.command("import")
 @click.argument("opml_file", type=click.File("rb"))
-def feeds_import(opml_file: Any) -> None:
-    """Import the feeds of an OPML file."""
+@click.option("--check", is_flag=True, help="Refuse a feed that does not answer with a feed now, with the reason.")
+def feeds_import(opml_file: Any, check: bool) -> None:
+    """Import the feeds of an OPML file; its folders become the feeds' tags.
+
+    Each URL is fetched once, as by `feeds add`: a site's page is replaced by the feed it links.
+    """
     try:
         root = ET.parse(opml_file).getroot()
     except ET.ParseError as exc:
         raise click.ClickException(f"{opml_file.name} is not valid OPML: {exc}") from exc
-    urls = [o.get("xmlUrl", "").strip() for o in root.iter("outline") if o.get("xmlUrl")]
-    good = [url for url in urls if urlsplit(url).scheme in ("http", "https")]
-    for bad in sorted(set(urls) - set(good)):
-        click.echo(f"skipped (not an http(s) URL): {bad}", err=True)
-    added = _add_feeds(migrated_settings(), good)
-    click.echo(f"imported {added} new feed(s) of {len(set(good))} in {opml_file.name}")
+    listed: dict[str, tuple[str, ...]] = {}
+    for url, folders in _opml_feeds(root):
+        try:
+            listed.setdefault(feed_url_key(url), folders)
+        except BadFeedUrl:
+            click.echo(f"skipped (not an http(s) URL): {url}", err=True)
+    settings = migrated_settings()
+    with session_scope(settings) as session:
+        present = _present(session, list(listed))
+    intake = Intake(check)
+    probed = _probe_all(settings, [url for url in listed if url not in present], every=False)
+    for result in probed:
+        intake.take(result, listed[result.url])
+    added = _add_feeds(settings, intake.wanted)
+    click.echo(f"imported {len(added)} new feed(s) of {len(listed)} in {opml_file.name}")
+    if intake.refused:
+        raise SystemExit(1)
 
 
 @feeds.command("export")
 def feeds_export() -> None:
-    """Write all feeds as OPML to stdout."""
+    """Write all feeds as OPML to stdout, in their folders (their tags)."""
     with session_scope(migrated_settings()) as session:
-        rows = session.execute(select(Feed.url, Feed.title, Feed.site_url).order_by(Feed.id)).all()
+        rows = session.execute(select(Feed.url, Feed.title, Feed.site_url, Feed.tags).order_by(Feed.id)).all()
     opml = ET.Element("opml", version="2.0")
     ET.SubElement(ET.SubElement(opml, "head"), "title").text = "feedmill feeds"
-    body = ET.SubElement(opml, "body")
-    for url, title, site_url in rows:
+    folders: dict[tuple[str, ...], ET.Element] = {(): ET.SubElement(opml, "body")}
+
+    def folder(path: tuple[str, ...]) -> ET.Element:
+        if path not in folders:
+            folders[path] = ET.SubElement(folder(path[:-1]), "outline", {"text": path[-1], "title": path[-1]})
+        return folders[path]
+
+    for url, title, site_url, tags in rows:
         attrs = {"type": "rss", "text": title or url, "xmlUrl": url}
-        if site_url:
+        if site_url := safe_link(site_url):
             attrs["htmlUrl"] = site_url
-        ET.SubElement(body, "outline", attrs)
+        ET.SubElement(folder(tuple(tags or ())), "outline", attrs)
     ET.indent(opml)
     click.echo('<?xml version="1.0" encoding="utf-8"?>')
     click.echo(ET.tostring(opml, encoding="unicode"))
@@ -103,6 +227,8 @@ def _feed_record(feed: Feed, last_poll: Poll | None) -> dict[str, Any]:
         "id": feed.id,
         "url": feed.url,
         "title": feed.title,
+        "site_url": feed.site_url,
+        "tags": feed.tags or [],
         "status": feed.status,
         "status_reason": feed.status_reason,
         "last_polled_at": iso(feed.last_polled_at),
@@ -217,14 +343,18 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_interval(text: str) -> int | None:
-    """``15m``, ``2h``, ``1d``, ``300`` (seconds), or ``auto`` (None: adaptive again)."""
+def parse_interval(text: str, floor: int) -> int | None:
+    """``15m``, ``2h``, ``1d``, ``300`` (seconds), or ``auto`` (None: adaptive again); at least ``floor`` seconds."""
     if text.strip().lower() == "auto":
         return None
     match = _DURATION.match(text.lower())
     if not match or int(match.group(1)) <= 0:
         raise click.ClickException(f"not an interval: {text!r} (use e.g. 15m, 2h, 1d, or auto)")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < floor:
+        raise click.ClickException(
+            f"interval {text.strip()} is shorter than the floor of {floor} s (FEEDMILL_MIN_INTERVAL sets it)")
+    return seconds
 
 
 @feeds.command("set")
@@ -239,8 +369,9 @@ def feeds_set(url: str, interval: str | None, full_text: str | None) -> None:
     """Override one feed's poll interval or full-text mode."""
     if interval is None and full_text is None:
         raise click.UsageError("give --interval, --full-text or both")
-    seconds = parse_interval(interval) if interval is not None else None
-    with session_scope(migrated_settings()) as session:
+    settings = migrated_settings()
+    seconds = parse_interval(interval, settings.min_interval) if interval is not None else None
+    with session_scope(settings) as session:
         feed = find_feed(session, url)
         if interval is not None:
             feed.interval_override = seconds

@@ -58,7 +58,8 @@ def scheduler(loglevel: str) -> None:
 @click.option("--no-workers", is_flag=True, help="Workers run elsewhere; start none here.")
 @click.option("--concurrency", "-c", type=int, help="Worker processes to start (default: one per core).")
 @click.option("--web-port", type=int, help="Also serve the web endpoint (WebSub, /metrics, /healthz) on this port.")
-@click.option("--timeout", default=1800.0, show_default=True, help="With --once: seconds to wait for all work.")
+@click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="With --once: seconds to wait for all work.")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the summary as JSON.")
 def run(once: bool, no_workers: bool, concurrency: int | None, web_port: int | None, timeout: float,
         as_json: bool) -> None:

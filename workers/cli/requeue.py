@@ -60,6 +60,7 @@ def requeue_article(article_ids: tuple[int, ...], stage: str, dry_run: bool, yes
 
     Only articles that have reached the stage can go back to it (an earlier one
     would skip the stages before); their open failures are marked re-queued.
+    Exit 1 when an id is no article (the others are still re-queued).
     """
     settings = migrated_settings()
     wanted = tuple(dict.fromkeys(article_ids))
@@ -74,7 +75,10 @@ def requeue_article(article_ids: tuple[int, ...], stage: str, dry_run: bool, yes
         elif article_id not in reached:
             click.echo(f"  skipped {article_id}: still waiting for {found[article_id]}, before {stage}; "
                        f"use --from-stage {found[article_id]}")
+    missing = [article_id for article_id in wanted if article_id not in found]
     if dry_run or not reached:
+        if missing:
+            raise click.ClickException(f"no article {', '.join(map(str, missing))} (see: feedmill export)")
         return
     if len(reached) > CONFIRM_ABOVE and not yes:
         click.confirm(f"re-queue {len(reached)} articles?", abort=True, err=True)
@@ -85,3 +89,5 @@ def requeue_article(article_ids: tuple[int, ...], stage: str, dry_run: bool, yes
     batches = send_articles(stage, ids)
     click.echo(f"reset {len(ids)} article(s) to {stage}, pending; enqueued {batches} batch(es) on the {stage} queue"
                + (f"; marked {closed} open failure(s) re-queued" if closed else ""))
+    if missing:
+        raise click.ClickException(f"no article {', '.join(map(str, missing))} (the others were re-queued)")
