@@ -94,7 +94,9 @@ def test_feeds_poll_requeue_article_and_remove(
     y2 = copies["Story y2"]["id"]
     with session_scope(settings) as session:
         finished_at = session.scalar(select(Article.updated_at).where(Article.id == y2))
-    out = ok(feedmill(settings, "requeue", "article", str(y2), "999", "--from-stage", "dedupe"))
+    partly = feedmill(settings, "requeue", "article", str(y2), "999", "--from-stage", "dedupe")
+    out = partly.stdout
+    assert partly.returncode == 1 and "no article 999 (the others were re-queued)" in partly.stderr  # an unknown id fails the command
     assert "sending 1 article(s) back to dedupe, then dedupe -> classify" in out
     assert "skipped 999: no such article" in out and "reset 1 article(s) to dedupe, pending" in out
     assert wait_until_settled(settings, 3) == {"x1": ("done", "ok"), "y1": ("done", "ok"), "y2": ("done", "ok")}

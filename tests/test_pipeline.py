@@ -68,9 +68,10 @@ def test_run_once_stores_seed_articles_once_cleaned(settings: Settings, publishe
 
 def test_run_once_reports_broken_feeds_and_processes_the_rest(settings: Settings, publisher: Publisher) -> None:
     good = publisher.add("/good.xml", rss([{"title": "Fine", "guid": "g1", "description": "<p>A real article body.</p>"}]))
-    not_feed = publisher.add("/page.html", "<html><body>not a feed</body></html>", content_type="text/html")
+    not_feed = publisher.add("/page.xml", rss([{"title": "Soon gone", "guid": "p1"}]))
     missing = publisher.url("/missing.xml")
     ok(feedmill(settings, "feeds", "add", good, not_feed, missing))
+    publisher.add("/page.xml", "<html><body>not a feed</body></html>", content_type="text/html")  # the feed became a page
 
     result = feedmill(settings, "run", "--once")
     out = result.stdout
@@ -90,6 +91,7 @@ def test_workers_elsewhere_and_redelivered_tasks_change_nothing(
 ) -> None:
     url = publisher.add("/seed.xml", (EXAMPLES / "seed-news.xml").read_bytes())
     ok(feedmill(settings, "feeds", "add", url))
+    assert publisher.hits("/seed.xml") == 1  # `feeds add` looked at it once
     worker = start_worker(settings, concurrency=2)
     ok(feedmill(settings, "run", "--once", "--no-workers"))
     before = export(settings)
@@ -113,4 +115,4 @@ def test_workers_elsewhere_and_redelivered_tasks_change_nothing(
         assert time.monotonic() < deadline, worker.output()[-3000:]
         time.sleep(0.2)
     assert export(settings) == before
-    assert publisher.hits("/seed.xml") == 1
+    assert publisher.hits("/seed.xml") == 2  # one poll: the redelivered fetch and parse fetched nothing again

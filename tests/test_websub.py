@@ -136,7 +136,7 @@ def test_subscribe_verify_and_push(
             assert time.monotonic() - pushed_at < 30, titles
             time.sleep(0.3)
         assert "Forged" not in titles and set(titles) == {"First", "Second"}
-        assert publisher.hits("/pushed.xml") == 1  # pushed content needed no poll
+        assert publisher.hits("/pushed.xml") == 2  # `feeds add` and the first poll; pushed content needed no poll
         history = json.loads(feedmill(settings, "feeds", "show", feed_url, "--json").stdout)["history"]
         assert [(h["kind"], h["new_entries"]) for h in history][:1] == [("push", 1)]
     finally:
