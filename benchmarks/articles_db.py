@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import insert, select, text
@@ -33,8 +34,12 @@ def add_feed(settings: Settings, url: str) -> int:
         return feed.id
 
 
-def add_articles(settings: Settings, feed_id: int, articles: Sequence[tuple[str, str]]) -> list[int]:
-    """Insert (title, text) articles as the clean stage leaves them: waiting for dedupe."""
+def add_articles(
+    settings: Settings, feed_id: int, articles: Sequence[tuple[str, str]],
+    published: Sequence[datetime | None] | None = None,
+) -> list[int]:
+    """Insert (title, text) articles as the clean stage leaves them: waiting for dedupe;
+    ``published`` gives each its ``published_at`` (default none)."""
     now = utcnow()
     ids: list[int] = []
     for start in range(0, len(articles), 1000):
@@ -43,6 +48,7 @@ def add_articles(settings: Settings, feed_id: int, articles: Sequence[tuple[str,
                 "feed_id": feed_id, "entry_key": f"bench:{start + i}:{now.timestamp()}", "raw_hash": "-",
                 "title": title, "text": text, "revision": 1, "stage": "dedupe", "status": PENDING,
                 "created_at": now, "updated_at": now,
+                "published_at": published[start + i] if published else None,
             }
             for i, (title, text) in enumerate(articles[start : start + 1000])
         ]

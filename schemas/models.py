@@ -293,7 +293,7 @@ class MinhashBand(Base):
     ``article_id``, which made dedupe's band INSERT two to four times as costly on PostgreSQL
     (docs/dedupe.md).
     An article's rows are deleted by the keys its stored signatures give
-    (``tasks.dedupe.delete_index_rows``), not by cascade.
+    (``tasks.storage.clusters.delete_index_rows``), not by cascade.
     """
 
     __tablename__ = "minhash_bands"

@@ -68,8 +68,8 @@ class Settings:
     lease_seconds: int = 300
     #: FEEDMILL_BATCH_SIZE: most articles one stage task handles.
     batch_size: int = 200
-    #: FEEDMILL_DEDUPE_THRESHOLD: estimated Jaccard (word 3-shingles) from which a text is a near duplicate.
-    dedupe_threshold: float = 0.4
+    #: FEEDMILL_DEDUPE_THRESHOLD: share of the shorter text's word 3-shingles found in the longer (containment) from which it is a near duplicate.
+    dedupe_threshold: float = 0.5
     #: FEEDMILL_DEDUPE_REISSUE_DAYS: a new entry repeating one of its feed's entries this recent is a reissue.
     dedupe_reissue_days: float = 7.0
     #: FEEDMILL_FULL_TEXT: on | off | auto: fetch entries' linked pages for their full text (feeds set --full-text overrides).

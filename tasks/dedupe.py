@@ -2,20 +2,23 @@
 
 Parse already stores one row per feed entry (its GUID, link or title+date),
 an unchanged repeat as nothing and a changed one as a new revision. This stage
-links the other copies of a story to the first one seen:
+links the other copies of a story to its original:
 
 * the same canonical URL, or the same normalized text (``content_hash``);
-* a near duplicate: MinHash signatures of word shingles, found through LSH
-  band keys stored in SQL (``minhash_bands``) and confirmed by an estimated
-  Jaccard similarity of at least ``FEEDMILL_DEDUPE_THRESHOLD``;
+* a near duplicate: candidates through LSH band keys stored in SQL, from MinHash
+  signatures of the text's 2- and 3-word shingles (resemblance, robust to changed
+  words) and of its lead paragraph (a teaser, or a story an update extends); each
+  confirmed on the texts themselves: at least ``FEEDMILL_DEDUPE_THRESHOLD`` of the
+  shorter text's 3-word shingles are in the longer (containment);
 * a "new" entry of a feed that repeats a recent entry of the same feed is that
   entry again under a new GUID (reason ``reissue``).
 
-A copy gets ``duplicate_of`` and ``cluster_id`` = the first-seen article of its
-story cluster; that article has ``cluster_id`` = its own id. The shingling,
-signatures, band keys and the choice of a match are pure functions; ``DedupeBatch``
-does the SQL: a few queries per batch, under a lock that makes the decisions of
-concurrent workers happen one batch after another (docs/dedupe.md).
+A cluster's canonical article is its earliest published copy (ties: the first
+seen); every other copy has ``duplicate_of`` = ``cluster_id`` = its id, and the
+canonical has ``cluster_id`` = its own id. When an earlier copy arrives after the
+others, the cluster is re-pointed at it in the batch's transaction. Shingling,
+signatures, matching and placing are pure functions here; the SQL is
+``tasks.storage.clusters``'s (docs/dedupe.md).
 """
 
 from __future__ import annotations
@@ -26,48 +29,55 @@ import unicodedata
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
-from itertools import zip_longest
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 from celery import shared_task
-from sqlalchemy import ColumnElement, Row, any_, bindparam, delete, insert, or_, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
-from schemas.models import PENDING, Article, MinhashBand, MinhashSignature, utcnow
+from schemas.models import Article, utcnow
 from schemas.payloads import ArticleBatch
 from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
+from tasks.storage import clusters
 from tasks.storage.articles import Changes, run_article_stage
+from tasks.storage.clusters import BANDS, LEAD, LEAD_BANDS, ROWS, band_keys
 
 STAGE = stage_named("dedupe").name
-#: MinHash permutations; LSH uses the first BANDS * ROWS of them.
+#: MinHash permutations of a text's signatures; a lead's signature uses the first LEAD_BANDS * ROWS.
 NUM_PERM = 128
-BANDS, ROWS = 42, 3  # candidate probability 0.94 at Jaccard 0.4, 0.04 at 0.1
-#: Word shingle sizes. 3 keeps an edited copy (new dateline and footer, the
-#: last third cut and 5% of words changed) above Jaccard 0.4, where 5-word
-#: shingles drop it to about 0.43 and the estimate's noise misses a third of them.
-SHINGLE_WORDS = 3
-#: Texts shorter than this are also shingled by 2 words, which stay similar
-#: when one changed word is a large share of a short summary.
-SHORT_SHINGLE_WORDS, SHORT_TEXT_WORDS = 2, 80
+#: Word shingle sizes of the text's signatures. 3 keeps an edited copy (new dateline and footer,
+#: the last third cut, 5% of words changed) above Jaccard 0.4; 2 keeps a copy with 15% of its
+#: words replaced near 0.55 where 3 drops it to 0.36-0.5 (docs/dedupe.md).
+SHINGLE_SIZES = (2, 3)
+#: What the exact check compares: the sets of 3-word shingles of the two texts.
+EXACT_SHINGLE_WORDS = 3
+#: The lead: the first paragraph of at least LEAD_MIN_WORDS words, its first LEAD_WORDS.
+LEAD_MIN_WORDS, LEAD_WORDS = 12, 40
+#: A candidate's texts are compared only when some signature estimates their Jaccard at least this.
+CANDIDATE_ESTIMATE = 0.2
+#: Shingles two texts must share to be copies by containment, however short the shorter is.
+MIN_SHARED_SHINGLES = 10
+#: A copy's shared shingles are spread through the shorter text: at least SPREAD of its windows
+#: of WINDOW_SHINGLES shingles have WINDOW_FOUND of theirs in the longer. A follow-up story that
+#: quotes whole paragraphs of another has windows with none (docs/dedupe.md).
+WINDOW_SHINGLES, WINDOW_FOUND, SPREAD = 20, 0.15, 0.9
+#: From this containment on, a copy is one however its shared shingles are spread.
+STRONG_CONTAINMENT = 0.75
 #: Texts shorter than this ("Watch the video") are matched by URL only.
 MIN_MATCH_WORDS = 10
-#: Rows read from the index per query (bind-parameter limits of SQLite and PostgreSQL).
-QUERY_CHUNK = 5000
-#: PostgreSQL advisory lock held while a batch decides and writes its matches.
-DEDUPE_LOCK_KEY = 0x6665656464757065  # "feeddupe"
 
 URL, TEXT, NEAR, REISSUE = "url", "text", "near", "reissue"
 
 _WORD = re.compile(r"[^\W_]+")
+_PARAGRAPH = re.compile(r"\n+")
 
 
 def _constants(name: str, count: int) -> np.ndarray:
@@ -81,8 +91,7 @@ def _constants(name: str, count: int) -> np.ndarray:
 
 _PERM_A = _constants("minhash-a", NUM_PERM)[:, None]
 _PERM_B = _constants("minhash-b", NUM_PERM)[:, None]
-_POSITION = _constants("shingle-position", max(SHINGLE_WORDS, SHORT_SHINGLE_WORDS))
-_BAND_ROW = _constants("band-row", ROWS + 2)
+_POSITION = _constants("shingle-position", max(SHINGLE_SIZES))
 
 
 # --- pure functions -----------------------------------------------------------
@@ -105,11 +114,17 @@ def _hash_words(text_words: Sequence[str]) -> str | None:
 
 def shingle_sizes(word_count: int) -> tuple[int, ...]:
     """The shingle sizes a text of this many words is compared by."""
-    if word_count < MIN_MATCH_WORDS:
-        return ()
-    if word_count < SHORT_TEXT_WORDS:
-        return (SHORT_SHINGLE_WORDS, SHINGLE_WORDS)
-    return (SHINGLE_WORDS,)
+    return SHINGLE_SIZES if word_count >= MIN_MATCH_WORDS else ()
+
+
+def lead_words(text: str) -> list[str]:
+    """The words of the lead: the first paragraph long enough to be one (a byline or a
+    one-line kicker is not), cut to LEAD_WORDS; a text without one leads with its first words."""
+    for paragraph in _PARAGRAPH.split(text):
+        paragraph_words = words(paragraph)
+        if len(paragraph_words) >= LEAD_MIN_WORDS:
+            return paragraph_words[:LEAD_WORDS]
+    return words(text)[:LEAD_WORDS]
 
 
 def word_hashes(text_words: Sequence[str]) -> np.ndarray:
@@ -132,27 +147,44 @@ def shingle_hashes(word_hashes: np.ndarray, size: int) -> np.ndarray:
     return hashes
 
 
-def minhash(hashes: np.ndarray) -> np.ndarray:
+def minhash(hashes: np.ndarray, permutations: int = NUM_PERM) -> np.ndarray:
     """MinHash signature: per permutation (multiply-add-shift hashing), the least 32-bit value."""
-    permuted = hashes[None, :] * _PERM_A
-    permuted += _PERM_B
+    permuted = hashes[None, :] * _PERM_A[:permutations]
+    permuted += _PERM_B[:permutations]
     return (permuted.min(axis=1) >> np.uint64(32)).astype(np.uint32)
-
-
-def band_keys(signature: np.ndarray, size: int) -> list[int]:
-    """LSH keys (signed 64-bit): one per band of ROWS values, distinct per shingle size."""
-    rows = signature[: BANDS * ROWS].astype(np.uint64).reshape(BANDS, ROWS)
-    keys = np.arange(BANDS, dtype=np.uint64) * _BAND_ROW[ROWS]
-    keys += np.full(BANDS, size, dtype=np.uint64) * _BAND_ROW[ROWS + 1]
-    for row in range(ROWS):
-        keys += rows[:, row] * _BAND_ROW[row]
-    keys ^= keys >> np.uint64(29)
-    return keys.view(np.int64).tolist()
 
 
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
     """Share of equal signature values: an unbiased estimate of the Jaccard similarity."""
-    return float(np.count_nonzero(a == b)) / NUM_PERM
+    return float(np.count_nonzero(a == b)) / len(a)
+
+
+@dataclass(frozen=True)
+class Shingles:
+    """A text's 3-word shingle hashes in text order (and, once compared, distinct)."""
+
+    sequence: np.ndarray
+
+    @classmethod
+    def of(cls, word_hashes: np.ndarray) -> Shingles:
+        return cls(shingle_hashes(word_hashes, EXACT_SHINGLE_WORDS))
+
+    @cached_property  # sorted only when compared: most articles never are
+    def distinct(self) -> np.ndarray:
+        return np.unique(self.sequence)
+
+
+def copy_measures(a: Shingles, b: Shingles) -> tuple[float, int, float]:
+    """Containment (share of the text with fewer distinct shingles found in the other), how many
+    distinct shingles they share, and spread (share of its windows with WINDOW_FOUND found)."""
+    shorter, longer = (a, b) if a.distinct.size <= b.distinct.size else (b, a)
+    if not shorter.distinct.size:
+        return 0.0, 0, 0.0
+    found = np.isin(shorter.distinct, longer.distinct, assume_unique=True)
+    in_order = np.isin(shorter.sequence, longer.distinct)
+    windows = np.array_split(in_order, max(1, in_order.size // WINDOW_SHINGLES))
+    spread = sum(window.mean() >= WINDOW_FOUND for window in windows) / len(windows)
+    return float(found.mean()), int(found.sum()), spread
 
 
 def identifying_url(url: str | None) -> str | None:
@@ -169,24 +201,30 @@ class Fingerprint:
     content_hash: str | None
     #: Long enough for its content hash to identify a story.
     matchable: bool
-    #: Shingle size -> MinHash signature.
+    #: Signature kind (shingle size, or ``LEAD``) -> MinHash signature.
     signatures: dict[int, np.ndarray]
+    #: The text's 3-word shingles, for the exact check.
+    shingles: Shingles
 
     @cached_property  # read four times per article by the stage
     def band_keys(self) -> list[int]:
-        return [key for size, sig in self.signatures.items() for key in band_keys(sig, size)]
+        return [key for kind, sig in self.signatures.items() for key in band_keys(sig, kind)]
 
 
 def fingerprint(text: str) -> Fingerprint:
-    """Content hash and MinHash signatures of one text, its words split once."""
+    """Content hash, MinHash signatures and exact shingles of one text, its words split once."""
     text_words = words(text)
     sizes = shingle_sizes(len(text_words))
-    hashes = word_hashes(text_words) if sizes else None
-    return Fingerprint(
-        content_hash=_hash_words(text_words),
-        matchable=len(text_words) >= MIN_MATCH_WORDS,
-        signatures={size: minhash(shingle_hashes(hashes, size)) for size in sizes},
-    )
+    signatures: dict[int, np.ndarray] = {}
+    hashes = word_hashes(text_words)
+    shingles = Shingles.of(hashes)
+    if sizes:
+        for size in sizes:
+            signatures[size] = minhash(shingles.sequence if size == EXACT_SHINGLE_WORDS else shingle_hashes(hashes, size))
+        lead = shingle_hashes(word_hashes(lead_words(text)), EXACT_SHINGLE_WORDS)
+        if lead.size:
+            signatures[LEAD] = minhash(lead, LEAD_BANDS * ROWS)
+    return Fingerprint(_hash_words(text_words), len(text_words) >= MIN_MATCH_WORDS, signatures, shingles)
 
 
 @dataclass
@@ -200,6 +238,10 @@ class Known:
     url: str | None = None
     content_hash: str | None = None
     signatures: dict[int, np.ndarray] = field(default_factory=dict)
+    #: Its 3-word shingles, once its text is read (None: not compared).
+    shingles: Shingles | None = None
+    #: When it was published (when it was stored, if its feed gave no date).
+    published: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +249,57 @@ class Match:
     known: Known
     reason: str
     similarity: float
+
+
+def worth_comparing(fp: Fingerprint, known: Known) -> bool:
+    """Whether some signature of both estimates their Jaccard at CANDIDATE_ESTIMATE or more."""
+    return any(
+        jaccard_estimate(sig, known.signatures[kind]) >= CANDIDATE_ESTIMATE
+        for kind, sig in fp.signatures.items() if kind in known.signatures
+    )
+
+
+def matches(
+    fp: Fingerprint,
+    url: str | None,
+    feed_id: int,
+    candidates: Iterable[Known],
+    threshold: float,
+    reissued_since: datetime,
+) -> list[Match]:
+    """The best match in each cluster this article repeats, the best first; empty for none.
+
+    A candidate matches on the same identifying URL, the same text, or, when its
+    shingles are known, a containment at or above ``threshold`` with at least
+    MIN_SHARED_SHINGLES shared, spread through the shorter text (SPREAD) unless it
+    reaches STRONG_CONTAINMENT. The best is the first by URL, text, near; then the
+    oldest cluster, then similarity. If the best is an entry of the same feed seen since
+    ``reissued_since``, this is that entry under a new GUID (reason ``reissue``).
+    """
+    url = identifying_url(url)
+    found = []
+    for known in candidates:
+        if url and known.url == url:
+            reason, similarity = URL, 1.0
+        elif fp.matchable and fp.content_hash and known.content_hash == fp.content_hash:
+            reason, similarity = TEXT, 1.0
+        elif fp.matchable and known.shingles is not None:
+            similarity, shared, spread = copy_measures(fp.shingles, known.shingles)
+            if similarity < threshold or shared < MIN_SHARED_SHINGLES or (
+                spread < SPREAD and similarity < STRONG_CONTAINMENT
+            ):
+                continue
+            reason = NEAR
+        else:
+            continue
+        found.append(((URL, TEXT, NEAR).index(reason), known.cluster_id, -similarity, known.id, reason, known))
+    best: dict[int, Match] = {}
+    for _, cluster, negative_similarity, _, reason, known in sorted(found, key=lambda item: item[:4]):
+        best.setdefault(cluster, Match(known, reason, -negative_similarity))
+    ordered = list(best.values())
+    if ordered and ordered[0].known.feed_id == feed_id and ordered[0].known.seen_at >= reissued_since:
+        ordered[0] = replace(ordered[0], reason=REISSUE)
+    return ordered
 
 
 def best_match(
@@ -217,37 +310,50 @@ def best_match(
     threshold: float,
     reissued_since: datetime,
 ) -> Match | None:
-    """The article this one repeats, or None.
+    """The article this one repeats, or None: the first of ``matches``."""
+    found = matches(fp, url, feed_id, candidates, threshold, reissued_since)
+    return found[0] if found else None
 
-    A candidate matches on the same identifying URL, the same text, or an
-    estimated Jaccard at or above ``threshold`` at a shingle size both have.
-    The best is the first by URL, text, near; then the oldest cluster (the
-    story's first-seen article), then similarity. If it is an entry of the
-    same feed seen since ``reissued_since``, this is that entry under a new GUID.
+
+@dataclass(frozen=True)
+class Repoint:
+    """Cluster ``old`` takes ``new`` as its canonical; the old canonical becomes a copy for ``reason``."""
+
+    old: int
+    new: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an article goes: its cluster, what it is a copy of and why, and the clusters re-pointed."""
+
+    cluster_id: int
+    duplicate_of: int | None
+    reason: str | None
+    repoints: tuple[Repoint, ...] = ()
+
+
+def place(article_id: int, published: datetime, found: Sequence[Match],
+          canonical_published: dict[int, datetime]) -> Placement:
+    """Place an article by its ``matches``: the clusters it repeats become one, named by the
+    earliest published of the article and those clusters' canonical articles (ties: the first
+    seen; a stored canonical before the new article, the lower id between two stored ones).
+
+    A reissue (the same feed's entry again) joins its match's cluster and changes nothing else.
     """
-    url = identifying_url(url)
-    found = []
-    for known in candidates:
-        if url and known.url == url:
-            reason, similarity = URL, 1.0
-        elif fp.matchable and fp.content_hash and known.content_hash == fp.content_hash:
-            reason, similarity = TEXT, 1.0
-        else:
-            similarity = max(
-                (jaccard_estimate(sig, known.signatures[size])
-                 for size, sig in fp.signatures.items() if size in known.signatures),
-                default=0.0,
-            )
-            if similarity < threshold:
-                continue
-            reason = NEAR
-        found.append(((URL, TEXT, NEAR).index(reason), known.cluster_id, -similarity, known.id, reason, known))
     if not found:
-        return None
-    _, _, negative_similarity, _, reason, known = min(found, key=lambda item: item[:4])
-    if known.feed_id == feed_id and known.seen_at >= reissued_since:
-        reason = REISSUE
-    return Match(known, reason, -negative_similarity)
+        return Placement(article_id, None, None)
+    if found[0].reason == REISSUE:
+        return Placement(found[0].known.cluster_id, found[0].known.cluster_id, REISSUE)
+    by_cluster = {match.known.cluster_id: match for match in found}
+    canonical = min(by_cluster, key=lambda c: (canonical_published.get(c, published), c))
+    if published < canonical_published.get(canonical, published):
+        canonical = article_id
+    repoints = tuple(Repoint(c, canonical, match.reason) for c, match in by_cluster.items() if c != canonical)
+    if canonical == article_id:
+        return Placement(article_id, None, None, repoints)
+    return Placement(canonical, canonical, by_cluster[canonical].reason, repoints)
 
 
 class CandidateIndex:
@@ -255,16 +361,25 @@ class CandidateIndex:
 
     def __init__(self) -> None:
         self._by_key: dict[object, dict[int, Known]] = defaultdict(dict)
+        self._clusters: dict[int, dict[int, Known]] = defaultdict(dict)
 
     def add(self, known: Known, keys: Iterable[object]) -> None:
         for key in keys:
             self._by_key[key][known.id] = known
+        self._clusters[known.cluster_id][known.id] = known
 
     def candidates(self, keys: Iterable[object]) -> list[Known]:
         found: dict[int, Known] = {}
         for key in keys:
             found.update(self._by_key.get(key, {}))
         return list(found.values())
+
+    def repoint(self, old: int, new: int) -> None:
+        """Cluster ``old`` is now named ``new``."""
+        members = self._clusters.pop(old, {})
+        for known in members.values():
+            known.cluster_id = new
+        self._clusters[new].update(members)
 
 
 def lookup_keys(fp: Fingerprint, url: str | None) -> list[object]:
@@ -277,9 +392,6 @@ def lookup_keys(fp: Fingerprint, url: str | None) -> list[object]:
     return keys
 
 
-# --- SQL ------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Decision:
     content_hash: str | None
@@ -288,27 +400,51 @@ class Decision:
     reason: str | None
 
 
+def repointed(decisions: dict[int, Decision], repoint: Repoint) -> dict[int, Decision]:
+    """The batch's decisions after ``repoint``: its members point at the new canonical."""
+    changed = {}
+    for article_id, decision in decisions.items():
+        if decision.cluster_id != repoint.old or article_id == repoint.new:
+            changed[article_id] = decision
+        elif article_id == repoint.old:
+            changed[article_id] = replace(decision, cluster_id=repoint.new, duplicate_of=repoint.new,
+                                          reason=repoint.reason)
+        else:
+            changed[article_id] = replace(decision, cluster_id=repoint.new, duplicate_of=repoint.new)
+    return changed
+
+
+# --- the stage ------------------------------------------------------------------------
+
+
+def _known(row: Row[Any]) -> Known:
+    return Known(row.id, row.feed_id, row.cluster_id, row.created_at, row.url, row.content_hash,
+                 published=row.published)
+
+
 class DedupeBatch:
     """One batch of the stage: decide every article in a few queries, then write each.
 
-    ``prepare`` runs once per claimed batch (see ``run_article_stage``): it
-    takes the dedupe lock, reads the candidates of all its articles at once,
-    decides them in id order (so a batch's own copies link to each other) and
-    writes their index rows. ``decide`` then gives one article's columns.
-    ``fingerprinted`` (article id -> its ``updated_at`` and fingerprint) holds the
-    fingerprints computed before the writing transaction; an article written
-    since is fingerprinted again.
+    ``prepare`` runs once per claimed batch (see ``run_article_stage``): it takes the
+    dedupe lock, reads the candidates of all its articles at once (and the texts of those
+    worth comparing), decides them in id order (so a batch's own copies link to each other),
+    re-points the clusters an earlier copy takes over and writes the index rows. ``decide``
+    then gives one article's columns. ``fingerprinted`` (article id -> its ``updated_at`` and
+    fingerprint) holds the fingerprints computed before the writing transaction; an article
+    written since is fingerprinted again.
     """
 
     #: What the writing transaction reads of each article; the text comes from ``fingerprinted``.
-    columns = (Article.feed_id, Article.url, Article.created_at, Article.cluster_id, Article.content_hash,
-               Article.updated_at)
+    columns = (Article.feed_id, Article.url, Article.created_at, Article.published_at, Article.cluster_id,
+               Article.content_hash, Article.updated_at)
 
     def __init__(self, settings: Settings, fingerprinted: dict[int, tuple[datetime, Fingerprint]]) -> None:
         self.threshold = settings.dedupe_threshold
         self.reissue_window = timedelta(days=settings.dedupe_reissue_days)
         self.fingerprinted = fingerprinted
         self.decisions: dict[int, Decision] = {}
+        #: How many stored articles outside the batch a re-pointing changed.
+        self.repointed = 0
 
     def _fingerprints(self, session: Session, rows: Sequence[Row[Any]]) -> dict[int, Fingerprint]:
         """Each article's fingerprint: the one computed ahead unless the article was written since."""
@@ -318,7 +454,7 @@ class DedupeBatch:
             if ahead is not None and ahead[0] == row.updated_at:
                 fps[row.id] = ahead[1]
         if stale := [row.id for row in rows if row.id not in fps]:
-            for article_id, body in session.execute(select(Article.id, Article.text).where(Article.id.in_(stale))):
+            for article_id, body in clusters.texts_of(session, stale).items():
                 fps[article_id] = fingerprint(body or "")
         return fps
 
@@ -326,36 +462,84 @@ class DedupeBatch:
         if not articles:
             return
         fps = self._fingerprints(session, articles)
-        if _is_postgresql(session):
-            # Decisions of concurrent batches happen one after another (SQLite's
-            # BEGIN IMMEDIATE already serialises writers), so two copies of a
-            # story in two workers cannot both become first-seen.
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DEDUPE_LOCK_KEY})
+        clusters.lock_decisions(session)
         batch_ids = {a.id for a in articles}
-        index = _load_candidates(session, articles, fps, batch_ids)
+        index, canonical_published = self._load_candidates(session, articles, fps, batch_ids)
         now = utcnow()
+        repoints = []
         for article in articles:  # in id order
             fp = fps[article.id]
-            decision = self._decide(article, fp, index, now)
-            self.decisions[article.id] = decision
+            published = article.published_at or article.created_at or now
+            placement = self._place(article, fp, published, index, canonical_published, now)
+            self.decisions[article.id] = Decision(fp.content_hash, placement.cluster_id, placement.duplicate_of,
+                                                  placement.reason)
+            for repoint in placement.repoints:
+                repoints.append(repoint)
+                self.decisions = repointed(self.decisions, repoint)
+                index.repoint(repoint.old, repoint.new)
+            canonical_published.setdefault(placement.cluster_id, published)
             index.add(
-                Known(article.id, article.feed_id, decision.cluster_id, article.created_at or now,
-                      article.url, fp.content_hash if fp.matchable else None, fp.signatures),
+                Known(article.id, article.feed_id, placement.cluster_id, article.created_at or now, article.url,
+                      fp.content_hash if fp.matchable else None, fp.signatures, fp.shingles, published),
                 lookup_keys(fp, article.url),
             )
-        _write_index(session, fps)
+        for repoint in repoints:  # in order: a cluster re-pointed twice in a batch ends at the last
+            self.repointed += clusters.repoint_cluster(session, repoint.old, repoint.new, repoint.reason, now)
+        clusters.write_index(session, {article_id: fp.signatures for article_id, fp in fps.items()})
 
-    def _decide(self, article: Row[Any], fp: Fingerprint, index: CandidateIndex, now: datetime) -> Decision:
+    def _load_candidates(
+        self, session: Session, articles: Sequence[Row[Any]], fps: dict[int, Fingerprint], batch_ids: set[int]
+    ) -> tuple[CandidateIndex, dict[int, datetime]]:
+        """Every placed article outside the batch sharing a URL, a text or a band key with it
+        (with its shingles when worth comparing), and when each of their clusters' canonical
+        article was published."""
+        found: dict[int, Known] = {}
+        urls = sorted({u for a in articles if (u := identifying_url(a.url))})
+        hashes = sorted({fp.content_hash for fp in fps.values() if fp.matchable and fp.content_hash})
+        for row in clusters.placed_with_url_or_hash(session, urls, hashes):
+            if row.id not in batch_ids:
+                found.setdefault(row.id, _known(row))
+        sharing = clusters.band_sharers(session, [key for fp in fps.values() for key in fp.band_keys])
+        for batch_id in batch_ids:
+            sharing.pop(batch_id, None)
+        for row in clusters.placed_with_signatures(session, list(sharing)):
+            found.setdefault(row.id, _known(row)).signatures[row.shingle_words] = np.frombuffer(
+                row.signature, dtype=np.uint32
+            )
+        index = CandidateIndex()
+        for article_id, candidate in found.items():
+            keys: list[object] = list(sharing.get(article_id, ()))
+            if candidate.url:
+                keys.append(("url", candidate.url))
+            if candidate.content_hash:
+                keys.append(("text", candidate.content_hash))
+            index.add(candidate, keys)
+        # The texts of the candidates some batch article is worth comparing with, in one read.
+        compare = {
+            known.id
+            for article in articles
+            for known in index.candidates(lookup_keys(fps[article.id], article.url))
+            if fps[article.id].matchable and worth_comparing(fps[article.id], known)
+        }
+        for article_id, body in clusters.texts_of(session, sorted(compare)).items():
+            found[article_id].shingles = Shingles.of(word_hashes(words(body or "")))
+        canonical_published = {known.id: known.published for known in found.values() if known.cluster_id == known.id}
+        unknown = {known.cluster_id for known in found.values()} - set(canonical_published)
+        canonical_published |= clusters.published_times(session, sorted(unknown))
+        return index, canonical_published
+
+    def _place(
+        self, article: Row[Any], fp: Fingerprint, published: datetime, index: CandidateIndex,
+        canonical_published: dict[int, datetime], now: datetime,
+    ) -> Placement:
         if article.cluster_id == article.id:
-            # First-seen stays first-seen through revisions: its copies keep pointing at it.
-            return Decision(fp.content_hash, article.id, None, None)
-        match = best_match(
+            # A canonical article stays canonical through revisions: its copies keep pointing at it.
+            return Placement(article.id, None, None)
+        found = matches(
             fp, article.url, article.feed_id, index.candidates(lookup_keys(fp, article.url)),
             self.threshold, now - self.reissue_window,
         )
-        if match is None:
-            return Decision(fp.content_hash, article.id, None, None)
-        return Decision(fp.content_hash, match.known.cluster_id, match.known.cluster_id, match.reason)
+        return place(article.id, published, found, canonical_published)
 
     def decide(self, article: Row[Any]) -> Changes:
         decision = self.decisions[article.id]
@@ -370,135 +554,6 @@ class DedupeBatch:
         return changes
 
 
-def _chunks(values: Sequence, size: int = QUERY_CHUNK) -> Iterable[Sequence]:
-    return (values[i : i + size] for i in range(0, len(values), size))
-
-
-def _load_candidates(
-    session: Session, articles: Sequence[Row[Any]], fps: dict[int, Fingerprint], batch_ids: set[int]
-) -> CandidateIndex:
-    """Every placed article outside the batch sharing a URL, a text or a band key with it."""
-    found: dict[int, Known] = {}
-    columns = (Article.id, Article.feed_id, Article.cluster_id, Article.created_at, Article.url, Article.content_hash)
-    placed = Article.cluster_id.is_not(None)
-
-    def known(row) -> Known:
-        return found.setdefault(
-            row.id, Known(row.id, row.feed_id, row.cluster_id, row.created_at, row.url, row.content_hash)
-        )
-
-    urls = sorted({u for a in articles if (u := identifying_url(a.url))})
-    hashes = sorted({fp.content_hash for fp in fps.values() if fp.matchable and fp.content_hash})
-    for url_chunk, hash_chunk in zip_longest(_chunks(urls), _chunks(hashes), fillvalue=()):
-        same = [_one_of(session, column, chunk)
-                for column, chunk in ((Article.url, url_chunk), (Article.content_hash, hash_chunk)) if chunk]
-        for row in session.execute(select(*columns).where(or_(*same), placed)):
-            if row.id not in batch_ids:
-                known(row)
-    band_keys_of: dict[int, list[int]] = defaultdict(list)
-    for chunk in _chunks(sorted({key for fp in fps.values() for key in fp.band_keys})):
-        rows = session.execute(
-            select(MinhashBand.band_key, MinhashBand.article_id).where(_one_of(session, MinhashBand.band_key, chunk))
-        )
-        for band_key, article_id in rows:
-            if article_id not in batch_ids:
-                band_keys_of[article_id].append(band_key)
-    # The join with articles drops band rows whose article is gone: minhash_bands has no
-    # foreign key (migration 0008), and a feed removal racing a batch can leave a few behind.
-    for chunk in _chunks(sorted(band_keys_of)):
-        for row in session.execute(
-            select(*columns, MinhashSignature.shingle_words, MinhashSignature.signature)
-            .join(MinhashSignature, MinhashSignature.article_id == Article.id)
-            .where(_one_of(session, Article.id, chunk), placed)
-        ):
-            known(row).signatures[row.shingle_words] = np.frombuffer(row.signature, dtype=np.uint32)
-    index = CandidateIndex()
-    for article_id, candidate in found.items():
-        keys: list[object] = list(band_keys_of.get(article_id, ()))
-        if candidate.url:
-            keys.append(("url", candidate.url))
-        if candidate.content_hash:
-            keys.append(("text", candidate.content_hash))
-        index.add(candidate, keys)
-    return index
-
-
-def _write_index(session: Session, fps: dict[int, Fingerprint]) -> None:
-    """Replace the batch's signatures and band keys (a revision's old ones go)."""
-    delete_index_rows(session, sorted(fps))
-    signature_rows = [
-        {"article_id": article_id, "shingle_words": size, "signature": signature.tobytes()}
-        for article_id, fp in fps.items()
-        for size, signature in fp.signatures.items()
-    ]
-    if signature_rows:
-        session.execute(insert(MinhashSignature), signature_rows)
-    # In key order: consecutive rows land on the same or neighbouring B-tree pages
-    # (PostgreSQL: 30-40% less time in the INSERT; docs/dedupe.md).
-    bands = sorted({(key, article_id) for article_id, fp in fps.items() for key in fp.band_keys})
-    if not bands:
-        return
-    if _is_postgresql(session):
-        # One statement with two arrays: row by row, 42 rows per article cost more than the rest of the stage.
-        session.execute(
-            text("INSERT INTO minhash_bands (band_key, article_id) "
-                 "SELECT * FROM unnest(CAST(:keys AS bigint[]), CAST(:ids AS bigint[]))"),
-            {"keys": [key for key, _ in bands], "ids": [article_id for _, article_id in bands]},
-        )
-    else:
-        # The driver's executemany of tuples: SQLAlchemy's handling of 42 dicts an article
-        # cost as much CPU as SQLite's inserts themselves.
-        session.connection().exec_driver_sql("INSERT INTO minhash_bands (band_key, article_id) VALUES (?, ?)", bands)
-
-
-def delete_index_rows(session: Session, article_ids: Sequence[int]) -> None:
-    """Delete these articles' band rows and signatures.
-
-    ``minhash_bands`` has no index on ``article_id`` (migration 0008), so the band rows
-    are found from the stored signatures: ``band_keys`` gives exactly the keys they were
-    written under, and each row goes by its primary key. Articles never deduped have no
-    signature: for them this is one query that finds nothing. Used by dedupe for a
-    batch's revised articles and by ``feedmill feeds remove`` before articles are deleted.
-    """
-    for chunk in _chunks(article_ids):
-        stored = session.execute(
-            select(MinhashSignature.article_id, MinhashSignature.shingle_words, MinhashSignature.signature)
-            .where(_one_of(session, MinhashSignature.article_id, chunk))
-        ).all()
-        if not stored:
-            continue
-        bands = sorted({
-            (key, article_id)
-            for article_id, size, signature in stored
-            for key in band_keys(np.frombuffer(signature, dtype=np.uint32), size)
-        })
-        if _is_postgresql(session):
-            # One statement with two arrays, each row found through the primary key.
-            session.execute(
-                text("DELETE FROM minhash_bands WHERE (band_key, article_id) IN "
-                     "(SELECT * FROM unnest(CAST(:keys AS bigint[]), CAST(:ids AS bigint[])))"),
-                {"keys": [key for key, _ in bands], "ids": [article_id for _, article_id in bands]},
-            )
-        else:
-            session.connection().exec_driver_sql(
-                "DELETE FROM minhash_bands WHERE band_key = ? AND article_id = ?", bands
-            )
-        session.execute(delete(MinhashSignature).where(
-            _one_of(session, MinhashSignature.article_id, sorted({row.article_id for row in stored}))
-        ))
-
-
-def _one_of(session: Session, column: ColumnElement, values: Sequence) -> ColumnElement[bool]:
-    """``column IN values``; on PostgreSQL ``= ANY`` of one array parameter, not one bound value each to parse."""
-    if _is_postgresql(session):
-        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
-    return column.in_(values)
-
-
-def _is_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
     """Dedupe a batch; return the ids ready for classify.
 
@@ -507,10 +562,7 @@ def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
     lock serialises batches, so other workers would wait while this one hashes.
     """
     with session_scope(settings, read_only=True) as session:
-        texts = session.execute(
-            select(Article.id, Article.text, Article.updated_at)
-            .where(Article.id.in_(article_ids), Article.stage == STAGE, Article.status == PENDING)
-        ).all()
+        texts = clusters.waiting_texts(session, STAGE, article_ids)
     fingerprinted = {article_id: (updated_at, fingerprint(body or "")) for article_id, body, updated_at in texts}
     batch = DedupeBatch(settings, fingerprinted)
     return run_article_stage(settings, STAGE, article_ids, batch.columns, batch.decide, prepare=batch.prepare)

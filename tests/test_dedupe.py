@@ -7,7 +7,7 @@ import random
 import sqlite3
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +20,25 @@ from schemas.models import PENDING, Article, MinhashBand, MinhashSignature, utcn
 from schemas.settings import Settings
 from tasks.clean.stage import run_clean
 from tasks.dedupe import (
+    LEAD,
     NEAR,
     REISSUE,
     TEXT,
     URL,
+    Decision,
     Known,
+    Match,
+    Placement,
+    Repoint,
     band_keys,
     best_match,
     content_fingerprint,
+    copy_measures,
     fingerprint,
     jaccard_estimate,
+    lead_words,
+    place,
+    repointed,
     run_dedupe,
     shingle_sizes,
     words,
@@ -75,10 +84,9 @@ def test_content_fingerprint_ignores_case_punctuation_and_spacing() -> None:
     assert content_fingerprint(" ... ") is None
 
 
-def test_short_texts_get_shorter_shingles_and_tiny_ones_none() -> None:
+def test_texts_get_2_and_3_word_shingles_and_tiny_ones_none() -> None:
     assert shingle_sizes(5) == ()
-    assert shingle_sizes(30) == (2, 3)
-    assert shingle_sizes(300) == (3,)
+    assert shingle_sizes(30) == shingle_sizes(300) == (2, 3)
     assert fingerprint("Watch the video").signatures == {}
     assert not fingerprint("Watch the video").matchable
 
@@ -103,30 +111,45 @@ def test_band_keys_are_the_same_in_every_process() -> None:
 
 #: Signatures and band keys computed by the code that built existing indexes (sha256 of their
 #: bytes): a faster fingerprint must reproduce them bit for bit, or stored rows stop matching.
+#: Per text: its signatures by kind; the band keys of the kinds stored before issue 24 (2- and
+#: 3-word shingles, 2 only under 80 words), unchanged since; all its band keys now (every text
+#: also has a 2-shingle and a lead signature).
 _PINNED = {
     "Ministers said on Tuesday that the Café's new tax rules, set out in 2024, would cost £3bn a year.": (
         {2: "f29291bf725bdd79e8f583421aaba08a232febfb79b4c9da66b931f466e86147",
-         3: "6aeb70e039b32a05a336f2231fb57813f0c9fc312030e963e31428f9a067c4d3"},
-        "648d57c032ad66e907c6bd802fbee2e4e3d97842a412419e1e4a32182aa6ede0",
+         3: "6aeb70e039b32a05a336f2231fb57813f0c9fc312030e963e31428f9a067c4d3",
+         LEAD: "3a33b3a1f499f959f9e392a081fee71de7c1ca1b044af6b7ec672b4ceaf044b0"},
+        ((2, 3), "648d57c032ad66e907c6bd802fbee2e4e3d97842a412419e1e4a32182aa6ede0"),
+        "7aa37b10e1f415ff0606431c4b195673de5eeda171c02cf9817095383a0fb061",
     ),
     " ".join(f"word{i % 37} Zeitung_{i % 11} ÉCOLE{i % 5}" for i in range(120)): (
-        {3: "c916776621883fb7d2976b8e6bf56eb3216994727baaaaacc85b26574d263fd4"},
-        "aeb3ee2faa9fb7f80224af1dffe172dc306f47cada932119c05021f4e23caa70",
+        {2: "08604982fe2f88c6f59e61c87072fd7a85d2725a3b4fee4bf78c53b17a775ada",
+         3: "c916776621883fb7d2976b8e6bf56eb3216994727baaaaacc85b26574d263fd4",
+         LEAD: "ed2c65acb108ba7e4119082b084851f5492b450e753274881998e5262f2771fa"},
+        ((3,), "aeb3ee2faa9fb7f80224af1dffe172dc306f47cada932119c05021f4e23caa70"),
+        "cc31556bb29ea47000de493d8e09e017deaa260a0151f0eb23a7ea8cfba7919d",
     ),
     "The fox's 'quick' jump — ﬁne ① Ｆｕｌｌ width, straße & STRASSE; naïve coöperation " * 6: (
         {2: "5231f239bc24f8ec655b668022c4bfb878b908596c19ef95fef29806da02f603",
-         3: "c8402cd7098344cc11b536c89580f302b7de8d099433a8e0020ca7f501e4801b"},
-        "08ec8d98c819b522e19d59500570317aa16819711e2fa320d2efb99efe624fc1",
+         3: "c8402cd7098344cc11b536c89580f302b7de8d099433a8e0020ca7f501e4801b",
+         LEAD: "95cd7c84e8154a07086d9cea6bd66f26f936c8598046f4d5a89901845c26f022"},
+        ((2, 3), "08ec8d98c819b522e19d59500570317aa16819711e2fa320d2efb99efe624fc1"),
+        "9b3cf91afa11909c43b47878873ec250564d026c3bd165686f52f378063ebbb2",
     ),
 }
 
 
+def _sha(keys: list[int]) -> str:
+    return hashlib.sha256(np.array(keys, dtype=np.int64).tobytes()).hexdigest()
+
+
 @pytest.mark.parametrize("text", list(_PINNED))
 def test_signatures_and_band_keys_match_the_stored_index(text: str) -> None:
-    signatures, bands = _PINNED[text]
+    signatures, (old_kinds, old_bands), bands = _PINNED[text]
     fp = fingerprint(text)
-    assert {size: hashlib.sha256(sig.tobytes()).hexdigest() for size, sig in fp.signatures.items()} == signatures
-    assert hashlib.sha256(np.array(fp.band_keys, dtype=np.int64).tobytes()).hexdigest() == bands
+    assert {kind: hashlib.sha256(sig.tobytes()).hexdigest() for kind, sig in fp.signatures.items()} == signatures
+    assert _sha([key for kind in old_kinds for key in band_keys(fp.signatures[kind], kind)]) == old_bands
+    assert _sha(fp.band_keys) == bands
 
 
 def test_band_keys_collide_for_copies_and_differ_by_shingle_size() -> None:
@@ -141,7 +164,7 @@ def test_band_keys_collide_for_copies_and_differ_by_shingle_size() -> None:
 def _known(id: int, text: str = "", *, feed_id: int = 1, url: str | None = None, age_days: float = 0) -> Known:
     fp = fingerprint(text)
     return Known(id, feed_id, id, utcnow() - timedelta(days=age_days), url,
-                 fp.content_hash if fp.matchable else None, fp.signatures)
+                 fp.content_hash if fp.matchable else None, fp.signatures, fp.shingles)
 
 
 def test_best_match_prefers_url_then_text_then_near_duplicate() -> None:
@@ -187,17 +210,23 @@ def test_short_identical_texts_are_not_duplicates_by_content() -> None:
 
 
 
-def add_article(settings: Settings, feed_id: int, text: str, url: str | None = None, age_days: float = 0) -> int:
+def add_article(settings: Settings, feed_id: int, text: str, url: str | None = None, age_days: float = 0,
+                published: datetime | None = None) -> int:
     """An article as the clean stage leaves it: waiting for dedupe."""
     created = utcnow() - timedelta(days=age_days)
     with session_scope(settings) as session:
         article = Article(
             feed_id=feed_id, entry_key=f"k{_rng.random()}", raw_hash="-", text=text, url=url, title="t",
-            stage="dedupe", status=PENDING, created_at=created, updated_at=created,
+            stage="dedupe", status=PENDING, created_at=created, updated_at=created, published_at=published,
         )
         session.add(article)
         session.flush()
         return article.id
+
+
+def updated_at(settings: Settings, *ids: int) -> list[datetime]:
+    with session_scope(settings) as session:
+        return [session.get(Article, i).updated_at for i in ids]
 
 
 def rows(settings: Settings, *ids: int) -> list[tuple]:
@@ -236,8 +265,8 @@ def test_near_duplicates_join_the_cluster_in_later_batches(settings: Settings) -
         (first, first, NEAR), (first, first, NEAR), (None, unrelated, None)
     ]
     with session_scope(settings) as session:  # the index is in SQL: every worker and host sees it
-        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 4
-        assert session.scalar(select(func.count()).select_from(MinhashBand)) == 4 * 42
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 4 * 3
+        assert session.scalar(select(func.count()).select_from(MinhashBand)) == 4 * (42 + 42 + 20)
 
 
 def test_a_new_guid_for_a_recent_entry_of_the_same_feed_is_a_reissue(settings: Settings) -> None:
@@ -255,14 +284,80 @@ def test_a_new_guid_for_a_recent_entry_of_the_same_feed_is_a_reissue(settings: S
     ]
 
 
-def test_first_seen_is_the_first_deduped_not_the_lowest_id(settings: Settings) -> None:
-    """Concurrent workers may finish a higher id first; it stays the story's first-seen."""
-    a, b = add_feed(settings, "https://a.example/feed"), add_feed(settings, "https://b.example/feed")
-    text = story(200)
-    low, high = add_article(settings, a, text), add_article(settings, b, edited(text))
-    run_dedupe(settings, [high])
-    run_dedupe(settings, [low])
-    assert rows(settings, high, low) == [(None, high, None), (high, high, NEAR)]
+def test_the_canonical_is_the_earliest_published_copy_whatever_the_arrival_order(settings: Settings) -> None:
+    """Copies deduped before their original, and in an order of their own: when the earlier copy
+    arrives, the cluster is re-pointed at it (stored copies rewritten, ``updated_at`` moved); a
+    tie keeps the first seen; an article that repeats two clusters unites them."""
+    a, b, c, d = (add_feed(settings, f"https://{n}.example/feed") for n in "abcd")
+    text = story(300)
+    noon = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    later_copy = add_article(settings, b, edited(text, seed=2), published=noon + timedelta(hours=2))
+    run_dedupe(settings, [later_copy])
+    tie = add_article(settings, c, edited(text, seed=3), published=noon + timedelta(hours=2))
+    run_dedupe(settings, [tie])
+    assert rows(settings, later_copy, tie) == [(None, later_copy, None), (later_copy, later_copy, NEAR)]
+    before = updated_at(settings, later_copy, tie)
+
+    original = add_article(settings, a, text, published=noon)
+    run_dedupe(settings, [original])
+    assert rows(settings, original, later_copy, tie) == [
+        (None, original, None), (original, original, NEAR), (original, original, NEAR)
+    ]
+    assert all(after > then for after, then in zip(updated_at(settings, later_copy, tie), before))
+
+    # A teaser of another story, then that story in full published earlier than both: one cluster.
+    other = story(300)
+    teaser = add_article(settings, d, other[:200] + "\n\nRead the full story at Outlet D.", published=noon)
+    run_dedupe(settings, [teaser])
+    assert rows(settings, teaser) == [(None, teaser, None)]
+    full = add_article(settings, c, other, published=noon - timedelta(hours=1))
+    run_dedupe(settings, [full])
+    assert rows(settings, full, teaser, original) == [(None, full, None), (full, full, NEAR), (None, original, None)]
+
+
+def test_placing_names_the_earliest_published_and_unites_clusters() -> None:
+    noon = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    one, two = _known(10, story(50)), _known(20, story(50))
+    one.cluster_id, two.cluster_id = 10, 20
+    published = {10: noon, 20: noon + timedelta(hours=1)}
+    near_one, near_two = Match(one, NEAR, 0.8), Match(two, NEAR, 0.7)
+    assert place(30, noon + timedelta(hours=2), [], published) == Placement(30, None, None)
+    assert place(30, noon + timedelta(hours=2), [near_one], published) == Placement(10, 10, NEAR)
+    assert place(30, noon, [near_one], published) == Placement(10, 10, NEAR)  # a tie keeps the first seen
+    assert place(30, noon - timedelta(minutes=1), [near_one], published) == Placement(
+        30, None, None, (Repoint(10, 30, NEAR),))
+    assert place(30, noon + timedelta(hours=2), [near_two, near_one], published) == Placement(
+        10, 10, NEAR, (Repoint(20, 10, NEAR),))
+    assert place(30, noon - timedelta(hours=1), [Match(one, REISSUE, 0.9)], published) == Placement(10, 10, REISSUE)
+    decisions = {10: Decision("h", 10, None, None), 11: Decision("i", 10, 10, URL), 30: Decision("j", 30, None, None)}
+    assert repointed(decisions, Repoint(10, 30, NEAR)) == {
+        10: Decision("h", 30, 30, NEAR), 11: Decision("i", 30, 30, URL), 30: Decision("j", 30, None, None)
+    }
+
+
+def test_containment_finds_teasers_updates_and_changed_words_but_not_follow_ups() -> None:
+    """The exact check: copies contained in the other text, with the shared shingles spread through it."""
+    paragraphs = [story(40, seed=n) for n in range(8)]
+    full = "\n\n".join(paragraphs)
+    fp = fingerprint(full)
+    rng = random.Random(4)
+    changed = [w if rng.random() > 0.15 else "swapped" for w in full.split(" ")]
+    copies = {
+        "teaser": paragraphs[0] + "\n\nRead the full story at Outlet.",
+        "update": full + "\n\n" + story(40, seed=20) + "\n\n" + story(40, seed=21),
+        "15% of words": " ".join(changed),
+    }
+    since = utcnow() - timedelta(days=7)
+    for kind, text in copies.items():
+        match = best_match(fp, None, 9, [_known(1, text)], 0.5, since)
+        assert match is not None and match.reason == NEAR, kind
+        assert fingerprint(text).band_keys and set(fingerprint(text).band_keys) & set(fp.band_keys), kind
+    # A follow-up quoting four of the eight paragraphs whole: contained by half, not spread.
+    follow_up = "\n\n".join(paragraphs[:4] + [story(40, seed=30 + n) for n in range(4)])
+    assert copy_measures(fp.shingles, fingerprint(follow_up).shingles)[2] < 0.9
+    assert best_match(fp, None, 9, [_known(1, follow_up)], 0.5, since) is None
+    # The teaser's lead signature is the full story's.
+    assert lead_words(copies["teaser"]) == lead_words(full) == words(paragraphs[0])
 
 
 def test_redelivered_batch_changes_nothing(settings: Settings) -> None:
@@ -274,7 +369,7 @@ def test_redelivered_batch_changes_nothing(settings: Settings) -> None:
     assert run_dedupe(settings, ids) == ids  # still handed on to classify, nothing rewritten
     assert rows(settings, *ids) == before
     with session_scope(settings) as session:
-        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2 * 3
 
 
 def test_fingerprints_are_computed_outside_the_write_lock(
@@ -340,14 +435,14 @@ def revise(settings: Settings, article_id: int, text: str) -> None:
 
 def test_a_revision_replaces_exactly_its_band_rows(settings: Settings) -> None:
     """minhash_bands has no index on article_id: a revised article's old rows are found from its
-    stored signatures. A short text (2- and 3-word shingles) becomes a long one (3-word only)."""
+    stored signatures (every kind: 2- and 3-word shingles and the lead)."""
     feed = add_feed(settings, "https://a.example/feed")
     short, long = story(40), story(300)
     revised, other = add_article(settings, feed, short), add_article(settings, feed, story(300))
     run_dedupe(settings, [revised, other])
     before = band_rows(settings)
-    assert before[revised] == set(fingerprint(short).band_keys) and len(before[revised]) == 2 * 42
-    assert signature_rows(settings)[revised] == {2, 3}
+    assert before[revised] == set(fingerprint(short).band_keys) and len(before[revised]) == 42 + 42 + 20
+    assert signature_rows(settings)[revised] == {2, 3, LEAD}
 
     revise(settings, revised, long)
     fresh = add_article(settings, feed, story(300))  # in the same batch, never deduped before
@@ -356,8 +451,8 @@ def test_a_revision_replaces_exactly_its_band_rows(settings: Settings) -> None:
     assert after == {
         revised: set(fingerprint(long).band_keys), other: before[other], fresh: after[fresh]
     }
-    assert len(after[revised]) == len(after[fresh]) == 42
-    assert signature_rows(settings) == {revised: {3}, other: {3}, fresh: {3}}
+    assert after[revised].isdisjoint(before[revised]) and len(after[fresh]) == 42 + 42 + 20
+    assert signature_rows(settings) == {revised: {2, 3, LEAD}, other: {2, 3, LEAD}, fresh: {2, 3, LEAD}}
 
 
 def test_removing_a_feed_removes_its_band_rows_and_signatures(settings: Settings) -> None:
@@ -411,7 +506,7 @@ def test_revisions_keep_count_and_previous_hash_and_first_seen_stays_first(setti
         assert (first.revision, first.cluster_id, first.duplicate_of) == (2, head, None)
         assert first.previous_content_hash == content_fingerprint(text) != first.content_hash
         assert (second.revision, second.cluster_id, second.duplicate_of) == (2, copy, None)
-        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2 * 3
 
 
 def test_a_feed_repeating_one_guid_keeps_its_items_apart(sqlite_settings: Settings) -> None:

@@ -106,3 +106,22 @@ def test_bbc_evaluation_meets_its_targets() -> None:
     assert scores["planted_precision"] >= 0.99 and scores["planted_recall"] >= 0.95, scores
     assert scores["corpus_same_story_pairs_found"] == scores["corpus_same_story_pairs"] > 150
     assert scores["clusters_merging_unrelated_stories"] == 0, scores["unrelated_merges"]
+
+
+def test_hard_bbc_evaluation_meets_its_targets() -> None:
+    """One planted set of benchmarks/dedupe_hard.py: syndication's copies, arriving in any order."""
+    if not BBC_CORPUS.is_dir():
+        if IN_CI:
+            pytest.fail(f"{BBC_CORPUS} is missing; CI must run the BBC evaluation")
+        pytest.skip(f"{BBC_CORPUS} is not here")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dedupe_hard.py"), "--corpus", str(BBC_CORPUS),
+         "--seeds", "1", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (scores,) = json.loads(result.stdout)["runs"]
+    assert scores["copies"] > 120
+    assert scores["precision"] >= 0.99 and scores["recall"] >= 0.9, scores
+    assert all(kind["recall"] >= 0.75 for kind in scores["by_kind"].values()), scores["by_kind"]
+    assert scores["marked_as_expected"] >= 0.95, scores

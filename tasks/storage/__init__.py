@@ -12,5 +12,6 @@ on. The command line (``workers/``) reads and changes the store through them too
 - ``furniture``: the paragraph fingerprints clean learns each feed's furniture from;
 - ``failures``: dead letters;
 - ``rules``, ``classifier_models``: the operator's rules and trained topic models;
+- ``clusters``: story clusters and the near-duplicate index (the dedupe stage's SQL);
 - ``status``: the pipeline's counts for ``feedmill status`` and ``/metrics``.
 """

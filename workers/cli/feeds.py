@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 from schemas.db import insert_for, session_scope
 from schemas.models import Article, Failure, Feed, Poll, Rule, utcnow
 from schemas.settings import Settings
-from tasks.dedupe import delete_index_rows
 from tasks.discover import Probe, probe
 from tasks.fulltext import FULL_TEXT_MODES
 from tasks.links import BadFeedUrl, feed_url_key, safe_link
+from tasks.storage.clusters import delete_index_rows
 from tasks.storage.failures import FailureFilter, open_failures
 from workers.cli.common import find_feed, iso, migrated_settings
 from workers.scheduler import claim_feeds, enqueue_fetches
