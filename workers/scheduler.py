@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
 
 from celery import Celery, current_app, shared_task
-from sqlalchemy import or_, select, update
 
 from schemas.db import session_scope
-from schemas.models import POLL_ERROR, POLL_QUEUED, Feed, Poll, utcnow
 from schemas.payloads import PollRef
 from schemas.pipeline import ARTICLE_STAGES, stage_named, stage_of_task
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, send, send_articles
+from tasks.storage.polls import claim_due_feeds
 from tasks.storage.service import stages_with_work, unfinished_work
 from tasks.websub import feeds_to_subscribe
 from workers.status import queue_depths
@@ -43,37 +41,8 @@ def claim_feeds(
     limit: int = DISPATCH_LIMIT,
 ) -> list[int]:
     """Lease active feeds not being fetched (due ones, unless ``due_only`` is off); return new poll ids."""
-    now = utcnow()
     with session_scope(settings) as session:
-        query = (
-            select(Feed)
-            .where(
-                Feed.status == "active",
-                or_(Feed.lease_until.is_(None), Feed.lease_until < now),
-            )
-            .order_by(Feed.next_poll_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        if due_only:
-            query = query.where(Feed.next_poll_at <= now)
-        if feed_ids is not None:
-            query = query.where(Feed.id.in_(feed_ids))
-        feeds = session.scalars(query).all()
-        # A feed whose lease expired had a fetch that never finished (worker killed, message lost).
-        session.execute(
-            update(Poll)
-            .where(Poll.feed_id.in_([feed.id for feed in feeds]), Poll.status == POLL_QUEUED)
-            .values(status=POLL_ERROR, error="abandoned: its fetch did not finish before the lease expired", finished_at=now)
-        )
-        polls = []
-        for feed in feeds:
-            feed.lease_until = now + timedelta(seconds=settings.lease_seconds)
-            poll = Poll(feed_id=feed.id, requested_at=now)
-            session.add(poll)
-            polls.append(poll)
-        session.flush()
-        return [poll.id for poll in polls]
+        return claim_due_feeds(session, settings.lease_seconds, due_only=due_only, feed_ids=feed_ids, limit=limit)
 
 
 def enqueue_fetches(poll_ids: Sequence[int]) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from billiard.util import set_pdeathsig
 from celery import current_app
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
@@ -33,12 +32,12 @@ from schemas.models import (
     POLL_FETCHED,
     POLL_NOT_MODIFIED,
     POLL_QUEUED,
-    Feed,
     utcnow,
 )
 from schemas.pipeline import QUEUES
 from schemas.settings import Settings
 from tasks.storage import service as service_storage
+from tasks.storage.feeds import active_feed_count
 from workers.scheduler import claim_feeds, enqueue_fetches, recover_lost, requeue_unfinished
 
 log = logging.getLogger("feedmill.run")
@@ -374,7 +373,7 @@ def run_once(
     summary = RoundSummary(requeued=requeue_unfinished(settings))
     poll_ids = claim_feeds(settings, due_only=False, limit=1_000_000)
     with session_scope(settings) as session:
-        active = session.scalar(select(func.count()).select_from(Feed).where(Feed.status == "active")) or 0
+        active = active_feed_count(session)
     summary.skipped_feeds = active - len(poll_ids)
     enqueue_fetches(poll_ids)
     round_ = Round(settings, poll_ids, round_start)

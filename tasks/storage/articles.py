@@ -177,6 +177,11 @@ def reset_to_stage(session: Session, selection: Selection) -> list[int]:
     return sorted(ids)
 
 
+def stages_of(session: Session, article_ids: Sequence[int]) -> dict[int, str]:
+    """The stage each of these articles is at; ids of no article are left out."""
+    return dict(session.execute(select(Article.id, Article.stage).where(Article.id.in_(article_ids))).all())
+
+
 def article_with_feed_url(session: Session, article_id: int) -> tuple[Article, str] | None:
     row = session.execute(
         select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(Article.id == article_id)

@@ -38,6 +38,10 @@ def feed_by_url(session: Session, url: str) -> Feed | None:
     return session.scalar(select(Feed).where(or_(exact, Feed.url_key == key)).order_by(exact.desc(), Feed.id).limit(1))
 
 
+def active_feed_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Feed).where(Feed.status == "active")) or 0
+
+
 def finish_poll_of_feed(
     session: Session,
     settings: Settings,

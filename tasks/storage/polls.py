@@ -3,20 +3,60 @@ the fetch stage's reads and writes (start a fetch, record its outcome, follow a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from schemas.models import POLL_FETCHED, POLL_QUEUED, Feed, Poll, utcnow
+from schemas.models import POLL_ERROR, POLL_FETCHED, POLL_QUEUED, Feed, Poll, utcnow
 from schemas.payloads import FetchResult
 from schemas.settings import Settings
 from tasks.links import BadFeedUrl, feed_url_key
 from tasks.schedule import http_hints
 from tasks.storage.feeds import finish_poll_of_feed
 from tasks.storage.hosts import SlotClaim
+
+
+def claim_due_feeds(
+    session: Session,
+    lease_seconds: float,
+    *,
+    due_only: bool = True,
+    feed_ids: Sequence[int] | None = None,
+    limit: int,
+) -> list[int]:
+    """Lease active feeds not being fetched (due ones, unless ``due_only`` is off) and add a poll
+    for each; return the new poll ids. ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite's write
+    lock serialises claims), so two schedulers never claim one feed."""
+    now = utcnow()
+    query = (
+        select(Feed)
+        .where(Feed.status == "active", or_(Feed.lease_until.is_(None), Feed.lease_until < now))
+        .order_by(Feed.next_poll_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if due_only:
+        query = query.where(Feed.next_poll_at <= now)
+    if feed_ids is not None:
+        query = query.where(Feed.id.in_(feed_ids))
+    feeds = session.scalars(query).all()
+    # A feed whose lease expired had a fetch that never finished (worker killed, message lost).
+    session.execute(
+        update(Poll)
+        .where(Poll.feed_id.in_([feed.id for feed in feeds]), Poll.status == POLL_QUEUED)
+        .values(status=POLL_ERROR, error="abandoned: its fetch did not finish before the lease expired", finished_at=now)
+    )
+    polls = []
+    for feed in feeds:
+        feed.lease_until = now + timedelta(seconds=lease_seconds)
+        poll = Poll(feed_id=feed.id, requested_at=now)
+        session.add(poll)
+        polls.append(poll)
+    session.flush()
+    return [poll.id for poll in polls]
 
 
 def add_pushed_poll(session: Session, feed_id: int, url: str, body: bytes, content_type: str | None) -> int:

@@ -10,13 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import click
-from sqlalchemy import select
 
 from schemas.db import session_scope
-from schemas.models import Article
 from schemas.pipeline import REPROCESS_STAGES, article_stages_from, positions_from
 from tasks.base import send_articles
-from tasks.storage.articles import Selection, reset_to_stage
+from tasks.storage.articles import Selection, reset_to_stage, stages_of
 from tasks.storage.failures import close_article_failures, open_failures
 from workers.cli.common import migrated_settings
 from workers.cli.failures import selection, with_filters
@@ -65,7 +63,7 @@ def requeue_article(article_ids: tuple[int, ...], stage: str, dry_run: bool, yes
     settings = migrated_settings()
     wanted = tuple(dict.fromkeys(article_ids))
     with session_scope(settings) as session:
-        found = dict(session.execute(select(Article.id, Article.stage).where(Article.id.in_(wanted))).all())
+        found = stages_of(session, wanted)
     reached = [i for i in wanted if i in found and found[i] in positions_from(stage)]
     following = " -> ".join(article_stages_from(stage))
     click.echo(f"{'would send' if dry_run else 'sending'} {len(reached)} article(s) back to {stage}, then {following}")
