@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -266,6 +268,18 @@ CREATE TRIGGER feedmill_test_broken BEFORE UPDATE ON polls FOR EACH ROW
 """
 
 
+def processes_in(directory: Path) -> list[int]:
+    """Pids of the processes whose working directory is ``directory``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == directory:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_run_once_tells_what_happened_and_exits_accordingly(
     postgres_settings: Settings, postgres_url: str, publisher: Publisher
 ) -> None:
@@ -300,6 +314,11 @@ def test_run_once_tells_what_happened_and_exits_accordingly(
 
     second = feedmill(settings, "run", "--once", "--concurrency", "2", "--timeout", "60")
     assert second.returncode == 1, second.stdout + second.stderr
+    # A finished round's worker held nothing, so it was stopped at once (no warm shutdown), and no
+    # process of it (main or pool child) outlives the command.
+    logs = sorted((settings.home / "logs").glob("worker-*.log"))
+    assert len(logs) == 2 and all("Warm shutdown" not in log.read_text() for log in logs)
+    assert processes_in(settings.home) == []
     assert "1 unchanged (304)" in second.stdout and "skipped" not in second.stdout  # the lease was released
     assert f"failed: {broken}: failed for good in parse" in second.stdout
     assert f"deferred: {busy}: HTTP 429, next attempt 20" in second.stdout

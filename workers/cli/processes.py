@@ -17,7 +17,7 @@ from schemas.pipeline import QUEUES
 from schemas.settings import Settings, current_settings
 from workers import service
 from workers.cli.common import migrated_settings
-from workers.scheduler import claim_feeds, enqueue_fetches
+from workers.scheduler import claim_feeds, enqueue_fetches, held_stages
 from workers.web import serve
 from workers.worker_metrics import worker_environment
 
@@ -114,10 +114,12 @@ def _run_once(settings: Settings, no_workers: bool, concurrency: int | None, tim
     supervisor = None
     if not no_workers:
         log_path = service.worker_log_path(settings)
-        worker = service.Child("worker", service.worker_command(concurrency=concurrency), log_path)
+        command = service.worker_command(concurrency=concurrency, node_name=service.once_worker_name())
+        worker = service.Child("worker", command, log_path)
         supervisor = service.Supervisor(settings, [worker], record=False)
         supervisor.start()
     show_progress = sys.stderr.isatty() and not as_json
+    finished = False  # the round ended with nothing left to progress, not by timeout or interruption
     try:
         summary = service.run_once(
             settings,
@@ -125,7 +127,7 @@ def _run_once(settings: Settings, no_workers: bool, concurrency: int | None, tim
             supervisor=supervisor,
             on_progress=_print_progress if show_progress else lambda progress: None,
         )
-        message = None
+        message, finished = None, True
     except service.RoundTimeout as exc:
         summary = exc.summary
         hint = f"; worker log: {log_path}" if supervisor is not None else ""
@@ -134,7 +136,7 @@ def _run_once(settings: Settings, no_workers: bool, concurrency: int | None, tim
         if show_progress:
             click.echo("", err=True)
         if supervisor is not None:
-            supervisor.stop()
+            supervisor.stop(idle=finished and _workers_idle())
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -142,6 +144,17 @@ def _run_once(settings: Settings, no_workers: bool, concurrency: int | None, tim
     if message:
         click.echo(f"feedmill: error: {message}", err=True)
     return summary.exit_code
+
+
+def _workers_idle() -> bool:
+    """After a finished round: the round's own worker holds no task (one that does not answer in
+    time holds none it can finish; when the broker cannot be asked, it counts as busy)."""
+    from celery import current_app
+
+    try:
+        return not held_stages(current_app, [service.once_worker_name()])
+    except Exception:  # noqa: BLE001 - only the quick stop is given up
+        return False
 
 
 def _print_progress(progress: service.Progress) -> None:
