@@ -44,6 +44,20 @@ def require_service(name: str, check: Callable[[], None]) -> None:
         pytest.skip(f"{message}; start it to run this integration test")
 
 
+#: The BBC News dataset: read where it lies, beside the repository, never copied into it.
+BBC_CORPUS = ROOT.parent / "shared" / "data" / "bbc"
+
+
+@pytest.fixture(scope="session")
+def bbc_corpus() -> Path:
+    """The BBC corpus's folder; its evaluations skip without it, except in CI, where they fail."""
+    if not BBC_CORPUS.is_dir():
+        if IN_CI:
+            pytest.fail(f"{BBC_CORPUS} is missing; CI must run the BBC evaluation")
+        pytest.skip(f"{BBC_CORPUS} is not here (shared/ sits beside the repo)")
+    return BBC_CORPUS
+
+
 # ------------------------------------------------------------------ publisher
 
 

@@ -9,33 +9,19 @@ trained model is cross-validated on 250 articles per class to stay fast
 
 from __future__ import annotations
 
-import pytest
-
 from benchmarks.classify_bbc import BBC_TOPICS, lexicon_report, run
 from tasks.classify_model import read_labelled
-from tests.conftest import IN_CI, ROOT
 from tests.test_classify import stock_language_identifier
 
-CORPUS = ROOT.parent / "shared" / "data" / "bbc"
 
-
-@pytest.fixture(scope="module")
-def corpus():
-    if not CORPUS.is_dir():
-        if IN_CI:
-            pytest.fail(f"{CORPUS} is missing; CI must run the BBC evaluation")
-        pytest.skip(f"{CORPUS} is not here (shared/ sits beside the repo)")
-    return CORPUS
-
-
-def test_lexicon_top_topic_accuracy_on_every_article(corpus):
-    examples = read_labelled(corpus)
+def test_lexicon_top_topic_accuracy_on_every_article(bbc_corpus):
+    examples = read_labelled(bbc_corpus)
     assert len(examples) == 2225 and {e.label for e in examples} == set(BBC_TOPICS)
     assert lexicon_report(examples).accuracy >= 0.85
 
 
-def test_trained_model_cross_validated_and_timed(corpus):
-    result = run(corpus, folds=5, per_label=250)
+def test_trained_model_cross_validated_and_timed(bbc_corpus):
+    result = run(bbc_corpus, folds=5, per_label=250)
     assert result["articles"] == 1250
     assert result["model_cv_accuracy"] >= 0.96  # 0.98 on the full corpus
     assert len(result["model_cv_fold_accuracies"]) == 5
@@ -44,13 +30,13 @@ def test_trained_model_cross_validated_and_timed(corpus):
         assert 0 < timing["median_ms"] <= timing["p95_ms"] < 50  # loose: about 1 ms is expected
 
 
-def test_language_identifier_scores_every_article_as_shipped_model(corpus):
+def test_language_identifier_scores_every_article_as_shipped_model(bbc_corpus):
     """The float32 copy of py3langid's weights (tasks/classify.py) gives every BBC article's
     language sample the very label and confidence the shipped float16 table gives."""
     from tasks.classify import LANGUAGE_SAMPLE_CHARS, _language_identifier
 
     stock, ours = stock_language_identifier(), _language_identifier()
-    examples = read_labelled(corpus)
+    examples = read_labelled(bbc_corpus)
     for example in examples:
         sample = f"{example.title}\n{example.text[:LANGUAGE_SAMPLE_CHARS]}"
         assert ours.classify(sample) == stock.classify(sample)

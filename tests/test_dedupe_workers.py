@@ -11,11 +11,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from schemas.settings import Settings
 from tests.conftest import (
-    IN_CI,
     ROOT,
     Publisher,
     WorkerProcess,
@@ -27,7 +24,6 @@ from tests.conftest import (
 )
 
 FEEDS, STORIES = 4, 12
-BBC_CORPUS = ROOT.parent / "shared" / "data" / "bbc"
 
 
 
@@ -89,14 +85,10 @@ def test_clusters_on_an_empty_store_and_bad_options(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "--limit" in bad.stderr and bad.stderr.count("\n") <= 2
 
 
-def test_bbc_evaluation_meets_its_targets() -> None:
+def test_bbc_evaluation_meets_its_targets(bbc_corpus: Path) -> None:
     """A subsample of benchmarks/dedupe_bbc.py: planted copies of 150 articles among all 2,225."""
-    if not BBC_CORPUS.is_dir():
-        if IN_CI:
-            pytest.fail(f"{BBC_CORPUS} is missing; CI must run the BBC evaluation")
-        pytest.skip(f"{BBC_CORPUS} is not here")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "dedupe_bbc.py"), "--corpus", str(BBC_CORPUS),
+        [sys.executable, str(ROOT / "benchmarks" / "dedupe_bbc.py"), "--corpus", str(bbc_corpus),
          "--sample", "150", "--json"],
         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
     )
@@ -108,14 +100,10 @@ def test_bbc_evaluation_meets_its_targets() -> None:
     assert scores["clusters_merging_unrelated_stories"] == 0, scores["unrelated_merges"]
 
 
-def test_hard_bbc_evaluation_meets_its_targets() -> None:
+def test_hard_bbc_evaluation_meets_its_targets(bbc_corpus: Path) -> None:
     """One planted set of benchmarks/dedupe_hard.py: syndication's copies, arriving in any order."""
-    if not BBC_CORPUS.is_dir():
-        if IN_CI:
-            pytest.fail(f"{BBC_CORPUS} is missing; CI must run the BBC evaluation")
-        pytest.skip(f"{BBC_CORPUS} is not here")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "dedupe_hard.py"), "--corpus", str(BBC_CORPUS),
+        [sys.executable, str(ROOT / "benchmarks" / "dedupe_hard.py"), "--corpus", str(bbc_corpus),
          "--seeds", "1", "--json"],
         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
     )
