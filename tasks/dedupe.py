@@ -302,19 +302,6 @@ def matches(
     return ordered
 
 
-def best_match(
-    fp: Fingerprint,
-    url: str | None,
-    feed_id: int,
-    candidates: Iterable[Known],
-    threshold: float,
-    reissued_since: datetime,
-) -> Match | None:
-    """The article this one repeats, or None: the first of ``matches``."""
-    found = matches(fp, url, feed_id, candidates, threshold, reissued_since)
-    return found[0] if found else None
-
-
 @dataclass(frozen=True)
 class Repoint:
     """Cluster ``old`` takes ``new`` as its canonical; the old canonical becomes a copy for ``reason``."""

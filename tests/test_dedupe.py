@@ -31,12 +31,12 @@ from tasks.dedupe import (
     Placement,
     Repoint,
     band_keys,
-    best_match,
     content_fingerprint,
     copy_measures,
     fingerprint,
     jaccard_estimate,
     lead_words,
+    matches,
     place,
     repointed,
     run_dedupe,
@@ -45,6 +45,13 @@ from tasks.dedupe import (
 )
 from tasks.parse import parse_document, raw_entries, reuses_guid, store_entries
 from tests.conftest import ROOT, add_feed, feedmill, make_settings, ok, rss
+
+
+def best_match(*args: object) -> Match | None:
+    """The article a text repeats, or None: the first of ``matches``."""
+    found = matches(*args)  # type: ignore[arg-type]
+    return found[0] if found else None
+
 
 _rng = random.Random(11)
 _VOCABULARY = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "tu") for b in range(60)]
