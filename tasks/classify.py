@@ -39,18 +39,18 @@ import numpy as np
 from celery import shared_task
 from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 from py3langid.modelio import load_model
-from sqlalchemy import Row, select
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
-from schemas.models import PENDING, Article
+from schemas.models import Article
 from schemas.payloads import ArticleBatch, Classification, TopicEvidence
 from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
 from tasks.classify_model import TopicModel, active_model
 from tasks.rules import CompiledRule, RuleOutcome, apply_rules, compile_rules
-from tasks.storage.articles import Changes, run_article_stage
+from tasks.storage.articles import Changes, article_rows, run_article_stage
 from tasks.storage.rules import all_rules
 
 STAGE = stage_named("classify").name
@@ -417,7 +417,7 @@ class ClassifyBatch:
     def prepare(self, session: Session, rows: Sequence[Row[Any]]) -> None:
         stale = [row.id for row in rows if (ahead := self.decided.get(row.id)) is None or ahead[0] != row.updated_at]
         if stale:
-            for article in session.execute(select(Article.id, *CLASSIFY_COLUMNS).where(Article.id.in_(stale))):
+            for article in article_rows(session, stale, CLASSIFY_COLUMNS):
                 self.reread[article.id] = article
 
     def decide(self, row: Row[Any]) -> Changes:
@@ -462,10 +462,7 @@ def run_classify(settings: Settings, article_ids: Sequence[int]) -> list[int]:
     would wait on it while this one runs the language model and the automatons."""
     with session_scope(settings, read_only=True) as session:
         setup = load_setup(session)
-        rows = session.execute(
-            select(Article.id, *CLASSIFY_COLUMNS)
-            .where(Article.id.in_(article_ids), Article.stage == STAGE, Article.status == PENDING)
-        ).all()
+        rows = article_rows(session, article_ids, CLASSIFY_COLUMNS, waiting_for=STAGE)
     decided = {}
     for row in rows:
         try:

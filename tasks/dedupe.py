@@ -47,7 +47,7 @@ from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, hand_on_articles
 from tasks.storage import clusters
-from tasks.storage.articles import Changes, run_article_stage
+from tasks.storage.articles import Changes, article_rows, run_article_stage
 from tasks.storage.clusters import BANDS, LEAD, LEAD_BANDS, ROWS, band_keys
 
 STAGE = stage_named("dedupe").name
@@ -549,7 +549,7 @@ def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
     lock serialises batches, so other workers would wait while this one hashes.
     """
     with session_scope(settings, read_only=True) as session:
-        texts = clusters.waiting_texts(session, STAGE, article_ids)
+        texts = article_rows(session, article_ids, (Article.text, Article.updated_at), waiting_for=STAGE)
     fingerprinted = {article_id: (updated_at, fingerprint(body or "")) for article_id, body, updated_at in texts}
     batch = DedupeBatch(settings, fingerprinted)
     return run_article_stage(settings, STAGE, article_ids, batch.columns, batch.decide, prepare=batch.prepare)

@@ -182,6 +182,19 @@ def stages_of(session: Session, article_ids: Sequence[int]) -> dict[int, str]:
     return dict(session.execute(select(Article.id, Article.stage).where(Article.id.in_(article_ids))).all())
 
 
+def article_rows(
+    session: Session, article_ids: Sequence[int], columns: Sequence[Any], waiting_for: str | None = None
+) -> list[Row[Any]]:
+    """(id, *columns) of these articles; with ``waiting_for``, only those still pending in that stage.
+
+    How a stage reads its batch before the writing transaction (and what changed since, inside it).
+    """
+    query = select(Article.id, *columns).where(Article.id.in_(list(article_ids)))
+    if waiting_for is not None:
+        query = query.where(Article.stage == waiting_for, Article.status == PENDING)
+    return list(session.execute(query).all())
+
+
 def article_with_feed_url(session: Session, article_id: int) -> tuple[Article, str] | None:
     row = session.execute(
         select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(Article.id == article_id)

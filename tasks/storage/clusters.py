@@ -89,14 +89,6 @@ _CANDIDATE = (
 _PLACED = Article.cluster_id.is_not(None)
 
 
-def waiting_texts(session: Session, stage: str, article_ids: Sequence[int]) -> list[Row]:
-    """(id, text, updated_at) of the articles still waiting for ``stage``."""
-    return session.execute(
-        select(Article.id, Article.text, Article.updated_at)
-        .where(Article.id.in_(article_ids), Article.stage == stage, Article.status == PENDING)
-    ).all()
-
-
 def texts_of(session: Session, article_ids: Sequence[int]) -> dict[int, str]:
     found: dict[int, str] = {}
     for chunk in _chunks(sorted(article_ids)):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, delete, func, select, true, update
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
@@ -146,3 +146,18 @@ def close_article_failures(session: Session, article_ids: Sequence[int]) -> int:
         .where(Failure.requeued_at.is_(None), Failure.subject.in_([f"article {i}" for i in article_ids]))
         .values(requeued_at=utcnow())
     ).rowcount
+
+
+def _purgeable(everything: bool) -> ColumnElement[bool]:
+    return true() if everything else Failure.requeued_at.is_not(None)
+
+
+def count_purgeable(session: Session, everything: bool = False) -> int:
+    """How many failures ``feedmill failures purge`` would delete: the re-queued ones, or with
+    ``everything`` all of them."""
+    return session.scalar(select(func.count()).select_from(Failure).where(_purgeable(everything))) or 0
+
+
+def purge_failures(session: Session, everything: bool = False) -> int:
+    """Delete the re-queued failures (with ``everything``, every failure); return how many."""
+    return session.execute(delete(Failure).where(_purgeable(everything))).rowcount
