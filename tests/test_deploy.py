@@ -59,7 +59,7 @@ def test_systemd_unit_verifies_and_runs_what_the_procfile_runs(tmp_path: Path) -
     assert executable.endswith("/bin/feedmill")
     with click.Context(cli, info_name="feedmill") as parent:
         cli.get_command(parent, command).make_context(command, list(args), parent=parent)  # raises if refused
-    procfile_port = re.search(r"^web: feedmill web --port \$\{PORT:-(\d+)\}$", (ROOT / "Procfile").read_text(), re.M)
+    procfile_port = re.search(r"^web: feedmill web --host 0\.0\.0\.0 --port \$\{PORT:-(\d+)\}$", (ROOT / "Procfile").read_text(), re.M)
     assert procfile_port and args[args.index("--web-port") + 1] == procfile_port.group(1)
     assert (service["KillMode"], service["KillSignal"], service["Restart"]) == ("mixed", "SIGTERM", "always")
     assert float(service["TimeoutStopSec"]) > WORKER_STOP_GRACE

@@ -151,3 +151,24 @@ def test_signature_check() -> None:
     assert not signature_valid("k", body + b" ", f"sha1={good}")
     assert not signature_valid("k", body, f"md5={good}")
     assert not signature_valid("k", body, None)
+
+
+def test_web_listens_on_loopback_unless_told_otherwise(sqlite_settings: Settings) -> None:
+    """`feedmill web` without --host answers on 127.0.0.1 and on no other address of the machine."""
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "workers", "web", "--port", str(port)], env=feedmill_env(sqlite_settings),
+                           cwd=sqlite_settings.home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and web.poll() is None
+                time.sleep(0.2)
+        with pytest.raises(httpx.ConnectError):  # another loopback address reaches the machine, not the server
+            httpx.get(f"http://127.0.0.2:{port}/healthz")
+    finally:
+        web.terminate()
+        web.wait(10)

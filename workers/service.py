@@ -91,8 +91,8 @@ def scheduler_command(loglevel: str = "INFO") -> list[str]:
     return celery_command("beat", "--loglevel", loglevel)
 
 
-def web_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "workers", "web", "--port", str(port)]
+def web_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "workers", "web", "--host", host, "--port", str(port)]
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -58,11 +58,12 @@ def scheduler(loglevel: str) -> None:
 @click.option("--no-workers", is_flag=True, help="Workers run elsewhere; start none here.")
 @click.option("--concurrency", "-c", type=int, help="Worker processes to start (default: one per core).")
 @click.option("--web-port", type=int, help="Also serve the web endpoint (WebSub, /metrics, /healthz) on this port.")
+@click.option("--web-host", default="127.0.0.1", show_default=True, help="Address the web endpoint listens on.")
 @click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="With --once: seconds to wait for all work.")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the summary as JSON.")
-def run(once: bool, no_workers: bool, concurrency: int | None, web_port: int | None, timeout: float,
-        as_json: bool) -> None:
+def run(once: bool, no_workers: bool, concurrency: int | None, web_port: int | None, web_host: str,
+        timeout: float, as_json: bool) -> None:
     """Run workers and scheduler together, restarting any that exits, until SIGTERM or SIGINT.
 
     With --once: exit 0 when every feed and article is done, 1 when some failed (named in the
@@ -77,7 +78,7 @@ def run(once: bool, no_workers: bool, concurrency: int | None, web_port: int | N
     if not no_workers:
         children.append(service.Child("worker", service.worker_command(concurrency=concurrency)))
     if web_port is not None:
-        children.append(service.Child("web", service.web_command(web_port)))
+        children.append(service.Child("web", service.web_command(web_host, web_port)))
     supervisor = service.Supervisor(settings, children)
     stopping: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -201,7 +202,8 @@ FAILED_ARTICLES_SHOWN = 20
 
 
 @click.command()
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 for every interface (behind a proxy or in a container).")
 @click.option("--port", default=8080, show_default=True, type=int)
 def web(host: str, port: int) -> None:
     """Serve the HTTP endpoint: WebSub callbacks, /metrics and /healthz."""
