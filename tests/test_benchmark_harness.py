@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from schemas.pipeline import LINE
 from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, ROOT, _postgres_reachable, _redis_reachable, require_service
 
 FEEDS, ENTRIES = 3, 4
@@ -30,7 +31,7 @@ def check_feedmill_run(run: dict, planted: int) -> None:
     assert run["entries_per_second"] > 0
     assert run["failed"] == 0
     assert run["duplicates_found"] >= planted
-    for stage in ("fetch", "parse", "clean", "dedupe", "classify"):
+    for stage in LINE:
         assert run["stages"][stage]["tasks"] >= 1
         assert 0 < run["stages"][stage]["median_ms"] <= run["stages"][stage]["p95_ms"]
     assert run["peak_rss"]["main_mb"] > 0
@@ -76,7 +77,7 @@ def check_scale_run(run: dict) -> None:
     assert [c["stored"] for c in run["checkpoints"]] == [12, 18]  # each round only its new feeds' entries
     for checkpoint in run["checkpoints"]:
         assert checkpoint["feeds"] == 2 and checkpoint["entries"] == 6 and checkpoint["failed"] == 0
-        for stage in ("fetch", "parse", "clean", "dedupe", "classify"):
+        for stage in LINE:
             assert checkpoint["stages"][stage]["tasks"] >= 1
         memory = checkpoint["memory"]
         assert memory["main_rss_mb"] > 0 and len(memory["pool_rss_mb"]) == 2

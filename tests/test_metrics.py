@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from schemas.pipeline import ARTICLE_STAGES
 from schemas.settings import Settings
 from tests.conftest import Publisher, WorkerProcess, feedmill, free_port, ok, rss
 from tests.test_operations import story, wait_until_settled
@@ -49,7 +50,7 @@ def test_worker_and_web_metrics_count_a_run(
     worker = scrape_worker(port)
     assert worker['feedmill_fetches_total{status_code="200"}'] == 1
     assert worker['feedmill_fetches_total{status_code="404"}'] == 1
-    for stage in ("clean", "dedupe", "classify"):
+    for stage in ARTICLE_STAGES:
         assert worker[f'feedmill_articles_processed_total{{outcome="ok",stage="{stage}"}}'] == 2
         assert worker[f'feedmill_tasks_total{{outcome="success",stage="{stage}"}}'] == 1
     assert worker['feedmill_task_duration_seconds_count{stage="fetch"}'] == 2
