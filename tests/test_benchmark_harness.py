@@ -116,3 +116,19 @@ def test_scale_postgres_and_redis() -> None:
         assert run["maintenance"].startswith("VACUUM ANALYZE") and all(seconds is not None for seconds in analyzed)
     else:
         assert analyzed == [None, None]
+
+
+@pytest.mark.integration
+def test_fault_benchmark_runs_its_quick_scenario() -> None:
+    """benchmarks/faults.py (its figures are in docs/operations.md) on the scenario that takes
+    seconds: `run --once` over a good feed and a 404, on PostgreSQL and a Redis of its own."""
+    require_service("PostgreSQL", _postgres_reachable)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--scenario", "once", "--json"],
+        env={**os.environ, "FEEDMILL_TEST_POSTGRES_URL": POSTGRES_ADMIN_URL}, capture_output=True, text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    once = json.loads(result.stdout)["once"]
+    assert once["exit_code"] == 1 and once["names_failing_feed"] and once["stored"] == 2
+    assert 0 < once["seconds"] < 60
