@@ -159,10 +159,14 @@ def _workers_idle() -> bool:
 
 
 def _print_progress(progress: service.Progress) -> None:
-    stages = ", ".join(f"{stage} {n}" for stage, n in (progress.by_stage or {}).items())
+    """One line, rewritten in place. The per-stage counts are the last full count (once a second);
+    the total shown is theirs, so the line never says 1 pending beside stages that say 0."""
+    by_stage = progress.by_stage or {}
+    stages = ", ".join(f"{stage} {n}" for stage, n in by_stage.items())
+    pending = sum(by_stage.values()) if by_stage else progress.articles_pending
     click.echo(
         f"\rfeeds polled {progress.polls_finished}/{progress.polls_total}; "
-        f"articles in stages: {progress.articles_pending}" + (f" ({stages})" if stages else "") + "   ",
+        f"articles in stages: {pending}" + (f" ({stages})" if stages else "") + "   ",
         err=True,
         nl=False,
     )
