@@ -298,6 +298,7 @@ def inline_child() -> dict:
     from tasks.classify import run_classify
     from tasks.clean.stage import run_clean
     from tasks.dedupe import run_dedupe
+    from tasks.deliver import run_deliver
     from tasks.fetch import run_fetch
     from tasks.parse import run_parse
     from workers.scheduler import claim_feeds
@@ -333,7 +334,8 @@ def inline_child() -> dict:
         for batch in chunked(ids, settings.batch_size):
             ready = timed("clean", len(batch), run_clean, settings, batch).ready
             ready = timed("dedupe", len(ready), run_dedupe, settings, ready)
-            timed("classify", len(ready), run_classify, settings, ready)
+            ready = timed("classify", len(ready), run_classify, settings, ready)
+            timed("deliver", len(ready), run_deliver, settings, ready)
     seconds = time.perf_counter() - started
     with session_scope(settings) as session:
         failed = session.scalar(select(func.count()).where(Article.status == FAILED))

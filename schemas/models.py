@@ -377,6 +377,8 @@ class Failure(Base):
     article_ids: Mapped[list[int] | None] = mapped_column(JSONValue)
     poll_id: Mapped[int | None] = mapped_column(BigId)
     feed_id: Mapped[int | None] = mapped_column(BigId)
+    #: A webhook or stream event that could not be delivered for FEEDMILL_DELIVERY_RETRY_FOR.
+    delivery_id: Mapped[int | None] = mapped_column(BigId)
     error: Mapped[str] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
@@ -410,3 +412,62 @@ class ServiceChild(Base):
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("host", "supervisor_pid", "name", name="uq_service_children"),)
+
+
+class Subscription(Base):
+    """Where processed articles are pushed: a webhook (Standard Webhooks) or a Redis stream,
+    with the filters an article must pass (all given ones; an empty list means any)."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    #: webhook or redis_stream.
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The webhook's URL, or the stream's key.
+    target: Mapped[str] = mapped_column(Text)
+    #: The Standard Webhooks secret (``whsec_`` + base64 key); NULL for a stream.
+    secret: Mapped[str | None] = mapped_column(Text)
+    topics: Mapped[list[str] | None] = mapped_column(JSONValue)
+    feed_ids: Mapped[list[int] | None] = mapped_column(JSONValue)
+    tags: Mapped[list[str] | None] = mapped_column(JSONValue)
+    #: Words that must all occur in the title or text.
+    query: Mapped[str | None] = mapped_column(Text)
+    #: active or paused (a paused subscription keeps its pending deliveries, sends none).
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """One event for one subscription: its body frozen at creation (a retry sends the same
+    bytes under the same ``event_id``), its attempts and when the next one is due. Pending
+    deliveries live here, not in the broker, so a subscriber that is down costs rows, not memory."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    article_id: Mapped[int | None] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"))
+    #: article.created or article.updated.
+    event_type: Mapped[str] = mapped_column(String(32))
+    #: The ``webhook-id`` header: the same for every attempt of this event.
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Digest of the article object sent: the same article passing again unchanged adds no event.
+    digest: Mapped[str] = mapped_column(String(64))
+    #: The JSON body, exactly as sent.
+    body: Mapped[str] = mapped_column(Text)
+    #: pending, delivered or dead.
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: A sender holds it until then (another sender skips it).
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "article_id", "digest", name="uq_deliveries_event"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_article", "article_id"),
+    )

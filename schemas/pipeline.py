@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: What a stage's message carries (``schemas/payloads.py``).
-POLL, ARTICLES, FEED, NOTHING = "poll", "articles", "feed", "nothing"
+POLL, ARTICLES, FEED, SUBSCRIPTION, NOTHING = "poll", "articles", "feed", "subscription", "nothing"
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Stage:
     task: str
     #: The module that defines the task (imported by every worker).
     module: str
-    #: POLL (``PollRef``), ARTICLES (``ArticleBatch``), FEED (a feed id) or NOTHING (periodic).
+    #: POLL (``PollRef``), ARTICLES (``ArticleBatch``), FEED (a feed id), SUBSCRIPTION
+    #: (``{"subscription_id"}``) or NOTHING (periodic).
     message: str
     #: The stage its results are handed to, or None at the end of its line.
     successor: str | None = None
@@ -48,7 +49,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("parse", "parse", "feedmill.parse", "tasks.parse", POLL, successor="clean"),
     Stage("clean", "clean", "feedmill.clean", "tasks.clean.stage", ARTICLES, successor="dedupe", reprocessable=True),
     Stage("dedupe", "dedupe", "feedmill.dedupe", "tasks.dedupe", ARTICLES, successor="classify", reprocessable=True),
-    Stage("classify", "classify", "feedmill.classify", "tasks.classify", ARTICLES, reprocessable=True),
+    Stage("classify", "classify", "feedmill.classify", "tasks.classify", ARTICLES, successor="deliver",
+          reprocessable=True),
+    Stage("deliver", "deliver", "feedmill.deliver", "tasks.deliver", ARTICLES),
+    Stage("send", "deliver", "feedmill.send", "tasks.deliver", SUBSCRIPTION),
+    Stage("deliver_due", "deliver", "feedmill.deliver_due", "tasks.deliver", NOTHING),
 )
 
 BY_NAME: dict[str, Stage] = {stage.name: stage for stage in STAGES}

@@ -92,6 +92,18 @@ class Settings:
     #: FEEDMILL_TASK_EVENTS: workers send Celery task events from the start (Flower turns them
     #: on by itself while it runs; this is for other event consumers).
     task_events: bool = False
+    #: FEEDMILL_WEBHOOK_TIMEOUT: seconds a webhook receiver has to answer before the attempt fails.
+    webhook_timeout: float = 10.0
+    #: FEEDMILL_DELIVERY_RETRY_FOR: seconds an event is retried before it becomes a dead letter.
+    delivery_retry_for: float = 86400.0
+    #: FEEDMILL_DELIVERY_BACKOFF_CAP: longest wait between two attempts of one event, seconds.
+    delivery_backoff_cap: float = 3600.0
+    #: FEEDMILL_DELIVER_EVERY: seconds between the looks for events due (retries, lost messages).
+    deliver_every: float = 5.0
+    #: FEEDMILL_STREAM_MAXLEN: approximate length a Redis stream subscription is trimmed to.
+    stream_maxlen: int = 100_000
+    #: FEEDMILL_STREAM_REDIS_URL: the Redis that stream subscriptions write to (default: the broker, if Redis).
+    stream_redis_url: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -129,6 +141,12 @@ class Settings:
             max_retries=int(env("FEEDMILL_MAX_RETRIES") or cls.max_retries),
             worker_max_memory_kb=int(env("FEEDMILL_WORKER_MAX_MEMORY_KB") or cls.worker_max_memory_kb),
             task_events=_env_bool("FEEDMILL_TASK_EVENTS", cls.task_events),
+            webhook_timeout=float(env("FEEDMILL_WEBHOOK_TIMEOUT") or cls.webhook_timeout),
+            delivery_retry_for=float(env("FEEDMILL_DELIVERY_RETRY_FOR") or cls.delivery_retry_for),
+            delivery_backoff_cap=float(env("FEEDMILL_DELIVERY_BACKOFF_CAP") or cls.delivery_backoff_cap),
+            deliver_every=float(env("FEEDMILL_DELIVER_EVERY") or cls.deliver_every),
+            stream_maxlen=int(env("FEEDMILL_STREAM_MAXLEN") or cls.stream_maxlen),
+            stream_redis_url=env("FEEDMILL_STREAM_REDIS_URL") or cls.stream_redis_url,
         )
 
     @property

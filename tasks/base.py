@@ -30,7 +30,7 @@ from tasks.storage.failures import record_task_failure
 #: from its message), for the log filter in workers/logs.py; empty between tasks.
 TASK_CONTEXT: ContextVar[dict[str, Any]] = ContextVar("feedmill_task_context", default={})
 #: Message fields worth putting on every log line of a task.
-CONTEXT_FIELDS = ("poll_id", "feed_id", "article_ids")
+CONTEXT_FIELDS = ("poll_id", "feed_id", "article_ids", "subscription_id")
 
 
 def message_ids(args: tuple[Any, ...]) -> dict[str, Any]:

@@ -68,3 +68,19 @@ def test_systemd_unit_verifies_and_runs_what_the_procfile_runs(tmp_path: Path) -
     local.write_text(text.replace(executable, str(Path(sys.executable).with_name("feedmill"))))
     result = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+def test_every_queue_has_a_worker_in_the_procfile_and_the_compose_file() -> None:
+    """A stage whose queue no deployed worker consumes would wait for ever: the Procfile's and the
+    compose file's workers together consume every queue of the registry."""
+    import re
+
+    from schemas.pipeline import QUEUES
+
+    procfile = set()
+    for queues in re.findall(r"--queues (\S+)", (ROOT / "Procfile").read_text()):
+        procfile |= set(queues.split(","))
+    compose = set()
+    for queues in re.findall(r'"--queues", "([^"]+)"', (ROOT / "docker-compose.yml").read_text()):
+        compose |= set(queues.split(","))
+    assert procfile == set(QUEUES) and compose == set(QUEUES)

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from schemas.db import session_scope
 from schemas.models import FAILED, PENDING, Article, Feed
+from schemas.pipeline import ARTICLE_STAGES
 from schemas.settings import Settings
 from tasks.storage.articles import run_article_stage
 from tests.conftest import (
@@ -235,7 +236,8 @@ def test_progress_counts_pending_articles_only_when_asked_and_ends_as_soon_as_no
         return progress, [s for s in statements if "FROM articles" in s]
 
     counted, reads = articles_read(None)
-    assert counted == Progress(2, 1, 3, {"clean": 1, "dedupe": 1, "classify": 1}) and len(reads) == 1
+    by_stage = {stage: 0 for stage in ARTICLE_STAGES} | {"clean": 1, "dedupe": 1, "classify": 1}
+    assert counted == Progress(2, 1, 3, by_stage) and len(reads) == 1
     assert "count(" in reads[0]
     # A poll of the round is unfinished: the round cannot end, the articles are not looked at.
     assert articles_read(Progress(2, 1, 7)) == (Progress(2, 1, 7), [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from schemas.pipeline import QUEUES
 from schemas.settings import Settings
 from tests.conftest import feedmill, free_port, make_settings, ok
 
@@ -19,7 +20,7 @@ def test_status_counts_queued_messages_and_hides_passwords(settings: Settings) -
 
     raw = ok(feedmill(settings, "status", "--json"))
     status = json.loads(raw)
-    assert status["queues"] == {"schedule": 0, "fetch": 2, "parse": 0, "clean": 0, "dedupe": 0, "classify": 0}
+    assert status["queues"] == {queue: 0 for queue in QUEUES} | {"fetch": 2}
     assert status["workers"] == {} and status["broker_error"] is None
     assert status["feeds"] == {"ok": 2, "failing": 0, "paused": 1, "retired": 0}
     assert status["oldest_stuck"]["kind"] == "poll" and status["oldest_stuck"]["stage"] == "fetch"

@@ -62,6 +62,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                                  "options": {"expires": max(settings.sweep_every, 10.0)}},
             "recover-lost-messages": {"task": "feedmill.recover", "schedule": RECOVER_EVERY,
                                       "options": {"expires": RECOVER_EVERY}},
+            "send-due-deliveries": {"task": "feedmill.deliver_due", "schedule": settings.deliver_every,
+                                    "options": {"expires": max(settings.deliver_every, 5.0)}},
         },
         # Beat keeps its schedule in memory, no file: every entry is an interval whose real state
         # (feeds' next polls and leases, pending work) is in the database, so a restarted or second

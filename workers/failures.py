@@ -1,7 +1,8 @@
 """Dead letters for operators: send them back to their stage.
 
 ``requeue_failures`` re-opens failed articles (status back to pending in the
-stage that failed) and re-sends the message of a failed task, as the stage's
+stage that failed), makes a dead event due again (with a fresh retry window) and
+re-sends the message of a failed task, as the stage's
 registry entry says it takes one; stages are idempotent, so re-queuing
 something that meanwhile succeeded changes nothing.
 """
@@ -14,9 +15,10 @@ from typing import Any
 from schemas.db import session_scope
 from schemas.models import Failure
 from schemas.payloads import PollRef
-from schemas.pipeline import ARTICLES, BY_NAME, FEED, NOTHING, POLL
+from schemas.pipeline import ARTICLES, BY_NAME, FEED, NOTHING, POLL, SUBSCRIPTION
 from schemas.settings import Settings
 from tasks.base import send, send_articles
+from tasks.storage import deliveries as stored_deliveries
 from tasks.storage import failures as stored_failures
 
 
@@ -27,7 +29,10 @@ def requeue_failures(settings: Settings, failure_ids: Sequence[int]) -> int:
     with session_scope(settings) as session:
         failures = stored_failures.take_open_failures(session, failure_ids)
         for failure in failures:
-            if failure.article_ids and _message_of(failure) == ARTICLES:
+            if failure.delivery_id is not None:
+                sends += [("send", ({"subscription_id": subscription_id},))
+                          for subscription_id in stored_deliveries.reopen_deliveries(session, [failure.delivery_id])]
+            elif failure.article_ids and _message_of(failure) == ARTICLES:
                 stored_failures.reopen_failed_articles(session, failure.article_ids, failure.stage)
                 articles.append((failure.stage, failure.article_ids))
             else:
@@ -54,4 +59,6 @@ def _resends(failure: Failure) -> list[tuple[str, tuple[Any, ...]]]:
         return [(failure.stage, (failure.feed_id,))]
     if message == NOTHING:
         return [(failure.stage, ())]
+    if message == SUBSCRIPTION:  # its events are rows: the periodic look sends whatever is due
+        return [("deliver_due", ())]
     return []

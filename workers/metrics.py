@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 
 from schemas.db import session_scope
+from schemas.models import utcnow
 from schemas.settings import Settings
+from tasks.storage import deliveries as deliveries_storage
 from tasks.storage import service as service_storage
 from tasks.storage import status as storage
 from workers import status
@@ -46,6 +48,7 @@ class PipelineCollector:
             failures = storage.open_failures_by_stage(session)
             duplicates = storage.duplicates_by_reason(session)
             children = service_storage.live_children(session)
+            subscriptions = deliveries_storage.delivery_counts(session, utcnow())
         yield _gauge("feedmill_articles", "Stored articles by the stage they wait for and status.", ["stage", "status"],
                      {(stage, state): n for stage, states in articles.items() for state, n in states.items()})
         yield _gauge("feedmill_feeds", "Feeds by health: ok, failing (errors in a row), paused, retired.",
@@ -61,11 +64,17 @@ class PipelineCollector:
                      ["host", "child"], restarts)
         yield _gauge("feedmill_service_crash_loops", "Supervised processes in a crash loop (5 restarts within a minute).",
                      ["host", "child"], crash_loops)
+        yield _gauge("feedmill_deliveries", "Events of each subscription by state: delivered, pending, retrying, dead.",
+                     ["subscription", "state"],
+                     {(s["name"], state): s[state] for s in subscriptions
+                      for state in ("delivered", "pending", "retrying", "dead")})
+        yield _gauge("feedmill_delivery_lag_seconds", "Age of each subscription's oldest undelivered event (0: none).",
+                     ["subscription"], {(s["name"],): s["oldest_pending_seconds"] or 0 for s in subscriptions})
         yield _gauge("feedmill_duplicates", "Articles found to duplicate an earlier one, by reason.", ["reason"],
                      {(reason or "unknown",): n for reason, n in duplicates.items()})
 
 
-def _gauge(name: str, documentation: str, labels: list[str], values: dict[tuple[str, ...], int]) -> GaugeMetricFamily:
+def _gauge(name: str, documentation: str, labels: list[str], values: dict[tuple[str, ...], float]) -> GaugeMetricFamily:
     gauge = GaugeMetricFamily(name, documentation, labels=labels)
     for label_values, value in sorted(values.items()):
         gauge.add_metric(list(label_values), value)

@@ -20,6 +20,7 @@ from schemas.db import redact_url, session_scope
 from schemas.models import utcnow
 from schemas.pipeline import QUEUES
 from schemas.settings import Settings
+from tasks.storage import deliveries as deliveries_storage
 from tasks.storage import service as service_storage
 from tasks.storage import status as storage
 from workers.celery_app import celery_config
@@ -131,5 +132,6 @@ def pipeline_status(settings: Settings, app: Celery | None = None) -> dict[str, 
             oldest_stuck=storage.oldest_stuck(session, now),
             stuck_after=settings.stuck_after,
             service=service_storage.live_children(session),
+            subscriptions=deliveries_storage.delivery_counts(session, now),
         )
     return status

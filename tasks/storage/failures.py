@@ -33,6 +33,7 @@ def record_failure(
     article_ids: Sequence[int] | None = None,
     poll_id: int | None = None,
     feed_id: int | None = None,
+    delivery_id: int | None = None,
     attempts: int = 1,
 ) -> Failure:
     """Add a dead letter, or bump the open one for the same stage and subject by ``attempts``."""
@@ -45,6 +46,7 @@ def record_failure(
         failure = Failure(
             task=task, stage=stage, subject=subject, attempts=0, first_seen=now,
             article_ids=list(article_ids) if article_ids is not None else None, poll_id=poll_id, feed_id=feed_id,
+            delivery_id=delivery_id,
         )
         session.add(failure)
     failure.attempts += attempts
@@ -82,6 +84,8 @@ def _subject(task: str, args: Sequence[Any]) -> tuple[str, dict[str, Any]]:
     if isinstance(message, dict) and "poll_id" in message:
         poll_id = int(message["poll_id"])
         return f"poll {poll_id}", {"poll_id": poll_id}
+    if isinstance(message, dict) and "subscription_id" in message:
+        return f"subscription {int(message['subscription_id'])}", {}
     if isinstance(message, int):
         return f"feed {message}", {"feed_id": message}
     if message is None:

@@ -23,6 +23,7 @@ from workers.cli import (
     requeue,
     rules,
     status,
+    subscriptions,
 )
 
 
@@ -47,6 +48,7 @@ cli.add_command(failures.failures)
 cli.add_command(requeue.requeue)
 cli.add_command(status.status)
 cli.add_command(status.healthcheck)
+cli.add_command(subscriptions.subscriptions)
 
 
 def main() -> None:

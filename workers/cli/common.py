@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import click
 from sqlalchemy.orm import Session
 
 from schemas.db import migrate
 from schemas.models import Feed
+from schemas.payloads import iso  # noqa: F401 - the commands' one way to print a time
 from schemas.settings import Settings, current_settings
 from tasks.storage.feeds import feed_by_url
 
@@ -28,6 +27,3 @@ def find_feed(session: Session, url: str) -> Feed:
     return feed
 
 
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z, or None."""
-    return value.isoformat().replace("+00:00", "Z") if value else None

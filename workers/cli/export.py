@@ -11,39 +11,8 @@ from sqlalchemy import func, select, true
 
 from schemas.db import session_scope
 from schemas.models import Article, Feed
-from workers.cli.common import iso, migrated_settings
-
-
-def article_record(article: Article, feed_url: str) -> dict[str, Any]:
-    """The export format: one JSON object per stored article."""
-    return {
-        "id": article.id,
-        "feed_url": feed_url,
-        "guid": article.guid,
-        "url": article.url or article.link,
-        "title": article.title,
-        "author": article.author,
-        "published_at": iso(article.published_at),
-        "summary": article.summary,
-        "text": article.text,
-        "html": article.html,
-        "images": article.images or [],
-        "enclosures": article.enclosures or [],
-        "language": article.language,
-        "topics": [label for label, _score in (article.topics or [])],
-        "topic_scores": {label: score for label, score in (article.topics or [])},
-        "places": article.places or [],
-        "tags": article.tags or [],
-        "dropped_by": article.dropped_by,
-        "duplicate_of": article.duplicate_of,
-        "duplicate_reason": article.duplicate_reason,
-        "cluster_id": article.cluster_id,
-        "content_hash": article.content_hash,
-        "revision": article.revision,
-        "stage": article.stage,
-        "status": article.status,
-        "error": article.error,
-    }
+from schemas.payloads import article_object
+from workers.cli.common import migrated_settings
 
 
 @click.command()
@@ -65,7 +34,7 @@ def export(fmt: str, output: str | None, include_dropped: bool) -> None:
                 rows, length=total, label="exporting", file=sys.stderr, hidden=not (output and sys.stderr.isatty())
             ) as bar:
                 for article, feed_url in bar:
-                    out.write(json.dumps(article_record(article, feed_url), ensure_ascii=False) + "\n")
+                    out.write(json.dumps(article_object(article, feed_url), ensure_ascii=False) + "\n")
     finally:
         if output:
             out.close()

@@ -72,6 +72,10 @@ def status(as_json: bool) -> None:
         lines.append(f"service {child['host']} pid {child['supervisor_pid']}: {child['name']} "
                      f"{'pid ' + str(child['pid']) if child['pid'] else 'restarting'}, "
                      f"{child['restarts']} restart(s){exited}{loop}")
+    for sub in s["subscriptions"]:
+        lag = f", oldest pending {_ago(sub['oldest_pending_seconds'])}" if sub["oldest_pending_seconds"] is not None else ""
+        lines.append(f"subscription {sub['name']} ({sub['kind']}, {sub['status']}): {sub['delivered']} delivered, "
+                     f"{sub['pending']} pending, {sub['retrying']} retrying, {sub['dead']} dead{lag}")
     stuck = s["oldest_stuck"]
     if stuck is None:
         lines.append("oldest unfinished: nothing waiting")
