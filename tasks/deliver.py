@@ -44,8 +44,10 @@ STAGE = "deliver"
 CREATED, UPDATED = "article.created", "article.updated"
 #: Pipeline bookkeeping, not part of what a subscriber is told.
 INTERNAL_FIELDS = ("stage", "status", "error")
-#: Events one send task takes for one subscription before it hands on to the next task.
-SEND_BATCH = 20
+#: Events one send task takes for one subscription, and the seconds it may spend on them, before
+#: it hands on to the next task (so one busy subscription does not hold a worker process long).
+SEND_BATCH = 200
+SEND_BUDGET = 60.0
 
 
 # ------------------------------------------------------------------ pure functions
@@ -204,42 +206,55 @@ def stream_redis(settings: Settings) -> Any:
 
 
 def run_send(settings: Settings, subscription_id: int) -> bool:
-    """Send a subscription's due events, oldest first, until one fails or SEND_BATCH are done;
-    return whether more may be due (the task then sends itself again)."""
-    lease = SEND_BATCH * (settings.webhook_timeout + 5)
+    """Send a subscription's due events, oldest first, until one fails, SEND_BATCH are sent or
+    SEND_BUDGET s have passed; record the outcomes in one transaction. Return whether more may be
+    due (the task then sends itself again).
+
+    The claim's lease covers the budget plus one attempt, so events a killed worker held are due
+    again within about a minute and a half. A worker killed after sending but before recording
+    sends those events again, under the same ids: delivery is at least once.
+    """
+    started = time.monotonic()
     with session_scope(settings) as session:
         subscription = session.get(Subscription, subscription_id)
+        lease = SEND_BUDGET + settings.webhook_timeout + 5
         claimed = stored.claim_due(session, subscription_id, utcnow(), SEND_BATCH, lease)
         if subscription is not None:
             session.expunge(subscription)
     if not claimed or subscription is None:
         return False
+    delivered: list[int] = []
+    failure: tuple[stored.DueDelivery, Exception] | None = None
     with httpx.Client(timeout=settings.webhook_timeout) as client:
-        for index, event in enumerate(claimed):
-            started = time.monotonic()
+        for event in claimed:
+            if time.monotonic() - started > SEND_BUDGET:
+                break
             try:
                 attempt(subscription, event, settings, client)
             except Exception as exc:  # noqa: BLE001 - every failure is the subscriber's, retried
-                _failed(settings, subscription, event, exc, time.monotonic() - started)
-                with session_scope(settings) as session:
-                    stored.release(session, [e.id for e in claimed[index + 1:]])
-                return False
-            with session_scope(settings) as session:
-                stored.mark_delivered(session, event.id, utcnow())
-    return len(claimed) == SEND_BATCH
-
-
-def _failed(settings: Settings, subscription: Subscription, event: stored.DueDelivery, exc: Exception,
-            took: float) -> None:
-    error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, DeliveryRefused) else str(exc)
+                failure = (event, exc)
+                break
+            delivered.append(event.id)
     now = utcnow()
     with session_scope(settings) as session:
-        if now - event.created_at >= timedelta(seconds=settings.delivery_retry_for):
-            stored.mark_dead(session, event.id, subscription.name, f"gave up after {event.attempts + 1} attempt(s): "
-                             f"{error}", attempts=event.attempts + 1)
-        else:
-            wait = backoff(event.attempts + 1, settings.delivery_backoff_cap)
-            stored.mark_retry(session, event.id, now + timedelta(seconds=wait), error)
+        stored.mark_delivered(session, delivered, now)
+        if failure is not None:
+            _failed(session, settings, subscription, *failure, now)
+        tried = set(delivered) | ({failure[0].id} if failure else set())
+        stored.release(session, [event.id for event in claimed if event.id not in tried])
+    return failure is None and len(claimed) == SEND_BATCH
+
+
+def _failed(session: Session, settings: Settings, subscription: Subscription, event: stored.DueDelivery,
+            exc: Exception, now: datetime) -> None:
+    """A failed attempt: retried after ``backoff``, or past the retry window a dead letter."""
+    error = str(exc) if isinstance(exc, DeliveryRefused) else f"{type(exc).__name__}: {exc}"
+    if now - event.created_at >= timedelta(seconds=settings.delivery_retry_for):
+        stored.mark_dead(session, event.id, subscription.name,
+                         f"gave up after {event.attempts + 1} attempt(s): {error}", attempts=event.attempts + 1)
+    else:
+        wait = backoff(event.attempts + 1, settings.delivery_backoff_cap)
+        stored.mark_retry(session, event.id, now + timedelta(seconds=wait), error)
 
 
 @shared_task(base=StageTask, name="feedmill.send")

@@ -132,3 +132,14 @@ def test_fault_benchmark_runs_its_quick_scenario() -> None:
     once = json.loads(result.stdout)["once"]
     assert once["exit_code"] == 1 and once["names_failing_feed"] and once["stored"] == 2
     assert 0 < once["seconds"] < 60
+
+
+def test_delivery_benchmark_sends_every_event() -> None:
+    """benchmarks/delivery.py's sending-rate scenario on a few events, so it cannot rot."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "delivery.py"), "--scenario", "throughput", "--events", "60", "--json"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    rate = json.loads(result.stdout)["throughput"]
+    assert rate["received"] == rate["events"] == 60 and rate["events_per_second"] > 0

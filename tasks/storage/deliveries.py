@@ -137,9 +137,10 @@ def claim_due(session: Session, subscription_id: int, now: datetime, limit: int,
     return [DueDelivery(d.id, d.event_id, d.body, d.attempts, d.created_at) for d in rows]
 
 
-def mark_delivered(session: Session, delivery_id: int, now: datetime) -> None:
-    session.execute(update(Delivery).where(Delivery.id == delivery_id).values(
-        status=DELIVERED, attempts=Delivery.attempts + 1, delivered_at=now, lease_until=None, last_error=None))
+def mark_delivered(session: Session, delivery_ids: Sequence[int], now: datetime) -> None:
+    if delivery_ids:
+        session.execute(update(Delivery).where(Delivery.id.in_(list(delivery_ids))).values(
+            status=DELIVERED, attempts=Delivery.attempts + 1, delivered_at=now, lease_until=None, last_error=None))
 
 
 def mark_retry(session: Session, delivery_id: int, next_attempt_at: datetime, error: str) -> None:

@@ -1,0 +1,194 @@
+"""Webhook delivery: the delivery issue's scenario under `feedmill run`, and the sending rate.
+
+    .venv/bin/python benchmarks/delivery.py [--scenario service|throughput|all] [--events 5000] [--json]
+
+- ``service``: an empty folder, the embedded default (SQLite, the filesystem broker), six feeds of
+  50 entries from a local publisher, and a webhook subscription to a local receiver that answers
+  its first 3 calls with 500 and stalls its 7th for 15 s (past the 10 s timeout). Measured: the
+  seconds from `feedmill run`'s start until the receiver has acknowledged all 300 articles, and
+  whether every call's signature verified and every retried `webhook-id` carried the same body.
+- ``throughput``: ``--events`` pending events stored directly for one subscription, then sent by
+  ``tasks.deliver.run_send`` in this process (as one worker process would) to a receiver answering
+  204 at once. Measured: events per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from corpus import build_corpus, render_rss
+from publisher import Publisher
+from standardwebhooks.webhooks import Webhook
+
+FEEDS, ENTRIES = 6, 50
+TIMEOUT = 240.0
+
+
+class Receiver:
+    """A subscriber: call n (1-based) is answered ``plan.get(n, 200)``; "stall" waits ``stall`` s first."""
+
+    def __init__(self, plan: dict[int, Any], stall: float = 15.0, status: int = 200) -> None:
+        self.plan, self.stall, self.status = plan, stall, status
+        self.calls: list[tuple[dict[str, str], bytes, int]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    number = len(receiver.calls) + 1
+                    answer = receiver.plan.get(number, receiver.status)
+                if answer == "stall":
+                    time.sleep(receiver.stall)
+                    answer = receiver.status
+                with receiver.lock:
+                    receiver.calls.append(({k.lower(): v for k, v in self.headers.items()}, body, answer))
+                self.send_response(answer)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def acknowledged(self) -> set[int]:
+        with self.lock:
+            return {json.loads(body)["data"]["id"] for _h, body, status in self.calls if 200 <= status < 300}
+
+
+def feedmill(home: Path, env: dict[str, str], *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "workers", *args], env=env, cwd=home, capture_output=True,
+                            text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"feedmill {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def scenario_service() -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="feedmill-delivery-"))
+    env = {**os.environ, "FEEDMILL_HOME": str(home / "var"), "FEEDMILL_ALLOW_PRIVATE_NETWORKS": "1"}
+    for name in ("FEEDMILL_DATABASE_URL", "FEEDMILL_BROKER_URL"):
+        env.pop(name, None)
+    publisher = Publisher(["127.0.0.1"])
+    receiver = Receiver({1: 500, 2: 500, 3: 500, 7: "stall"})
+    service = None
+    try:
+        corpus = build_corpus(FEEDS, ENTRIES, None)
+        urls = []
+        for number, entries in enumerate(corpus.feeds):
+            publisher.publish(f"/feed{number}.xml", render_rss(f"Feed {number}", f"https://n{number}.example/", entries))
+            urls.append(f"http://127.0.0.1:{publisher.port}/feed{number}.xml")
+        feedmill(home, env, "feeds", "add", *urls)
+        added = feedmill(home, env, "subscriptions", "add", "everything", "--webhook", receiver.url)
+        secret = added.rsplit(": ", 1)[1].strip()
+        started = time.monotonic()
+        service = subprocess.Popen([sys.executable, "-m", "workers", "run"], env=env, cwd=home,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stored = FEEDS * ENTRIES
+        while len(receiver.acknowledged()) < stored and time.monotonic() - started < TIMEOUT:
+            time.sleep(0.2)
+        took = time.monotonic() - started
+        acknowledged = len(receiver.acknowledged())
+        verifier = Webhook(secret)
+        bodies: dict[str, set[bytes]] = {}
+        verified = 0
+        for headers, body, _status in list(receiver.calls):
+            verifier.verify(body, headers)
+            verified += 1
+            bodies.setdefault(headers["webhook-id"], set()).add(body)
+        return {
+            "articles": stored, "acknowledged": acknowledged, "seconds_to_all_acknowledged": round(took, 1),
+            "calls": len(receiver.calls), "signatures_verified": verified,
+            "retries_with_same_body": all(len(b) == 1 for b in bodies.values()),
+            "events": len(bodies),
+        }
+    finally:
+        if service is not None and service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(service.pid, signal.SIGKILL)
+        receiver.server.shutdown()
+        publisher.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def scenario_throughput(events: int) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="feedmill-delivery-rate-"))
+    os.environ.update(FEEDMILL_HOME=str(home), FEEDMILL_DATABASE_URL=f"sqlite:///{home / 'feedmill.db'}")
+    from schemas.db import migrate, session_scope
+    from schemas.models import Delivery, Subscription, utcnow
+    from schemas.settings import Settings
+    from tasks.deliver import new_secret, run_send
+
+    settings = Settings.from_env()
+    migrate(settings)
+    receiver = Receiver({}, status=204)
+    try:
+        now = utcnow()
+        body = json.dumps({"type": "article.created", "timestamp": "2026-12-07T00:00:00Z",
+                           "data": {"id": 1, "title": "x" * 200, "text": "word " * 400}})
+        with session_scope(settings) as session:
+            subscription = Subscription(name="rate", kind="webhook", target=receiver.url, secret=new_secret(),
+                                        status="active")
+            session.add(subscription)
+            session.flush()
+            session.execute(Delivery.__table__.insert(), [
+                {"subscription_id": subscription.id, "article_id": None, "event_type": "article.created",
+                 "event_id": f"msg_{uuid.uuid4().hex}", "digest": str(i), "body": body, "status": "pending",
+                 "attempts": 0, "next_attempt_at": now, "created_at": now}
+                for i in range(events)
+            ])
+            subscription_id = subscription.id
+        started = time.perf_counter()
+        while run_send(settings, subscription_id):
+            pass
+        seconds = time.perf_counter() - started
+        return {"events": events, "received": len(receiver.calls), "seconds": round(seconds, 2),
+                "events_per_second": round(len(receiver.calls) / seconds), "body_bytes": len(body)}
+    finally:
+        receiver.server.shutdown()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=("service", "throughput", "all"), default="all")
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    report = {}
+    if args.scenario in ("service", "all"):
+        report["service"] = scenario_service()
+    if args.scenario in ("throughput", "all"):
+        report["throughput"] = scenario_throughput(args.events)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, figures in report.items():
+            print(f"{name}: " + ", ".join(f"{key} {value}" for key, value in figures.items()))
+
+
+if __name__ == "__main__":
+    main()
