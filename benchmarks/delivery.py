@@ -22,58 +22,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from corpus import build_corpus, render_rss
 from publisher import Publisher
+from receiver import Receiver
 from standardwebhooks.webhooks import Webhook
 
 FEEDS, ENTRIES = 6, 50
 TIMEOUT = 240.0
-
-
-class Receiver:
-    """A subscriber: call n (1-based) is answered ``plan.get(n, 200)``; "stall" waits ``stall`` s first."""
-
-    def __init__(self, plan: dict[int, Any], stall: float = 15.0, status: int = 200) -> None:
-        self.plan, self.stall, self.status = plan, stall, status
-        self.calls: list[tuple[dict[str, str], bytes, int]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver.lock:
-                    number = len(receiver.calls) + 1
-                    answer = receiver.plan.get(number, receiver.status)
-                if answer == "stall":
-                    time.sleep(receiver.stall)
-                    answer = receiver.status
-                with receiver.lock:
-                    receiver.calls.append(({k.lower(): v for k, v in self.headers.items()}, body, answer))
-                self.send_response(answer)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def acknowledged(self) -> set[int]:
-        with self.lock:
-            return {json.loads(body)["data"]["id"] for _h, body, status in self.calls if 200 <= status < 300}
 
 
 def feedmill(home: Path, env: dict[str, str], *args: str) -> str:
@@ -112,10 +72,10 @@ def scenario_service() -> dict[str, Any]:
         verifier = Webhook(secret)
         bodies: dict[str, set[bytes]] = {}
         verified = 0
-        for headers, body, _status in list(receiver.calls):
-            verifier.verify(body, headers)
+        for call in list(receiver.calls):
+            verifier.verify(call["body"], call["headers"])
             verified += 1
-            bodies.setdefault(headers["webhook-id"], set()).add(body)
+            bodies.setdefault(call["headers"]["webhook-id"], set()).add(call["body"])
         return {
             "articles": stored, "acknowledged": acknowledged, "seconds_to_all_acknowledged": round(took, 1),
             "calls": len(receiver.calls), "signatures_verified": verified,
@@ -129,7 +89,7 @@ def scenario_service() -> dict[str, Any]:
                 service.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(service.pid, signal.SIGKILL)
-        receiver.server.shutdown()
+        receiver.close()
         publisher.close()
         shutil.rmtree(home, ignore_errors=True)
 
@@ -144,7 +104,7 @@ def scenario_throughput(events: int) -> dict[str, Any]:
 
     settings = Settings.from_env()
     migrate(settings)
-    receiver = Receiver({}, status=204)
+    receiver = Receiver(status=204)
     try:
         now = utcnow()
         body = json.dumps({"type": "article.created", "timestamp": "2026-12-07T00:00:00Z",
@@ -168,7 +128,7 @@ def scenario_throughput(events: int) -> dict[str, Any]:
         return {"events": events, "received": len(receiver.calls), "seconds": round(seconds, 2),
                 "events_per_second": round(len(receiver.calls) / seconds), "body_bytes": len(body)}
     finally:
-        receiver.server.shutdown()
+        receiver.close()
         shutil.rmtree(home, ignore_errors=True)
 
 
