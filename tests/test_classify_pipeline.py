@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from schemas.db import session_scope
 from schemas.models import Article, Feed, utcnow
+from schemas.pipeline import ARTICLE_STAGES, article_stages_from, stage_named
 from schemas.settings import Settings
 from tests.conftest import (
     Publisher,
@@ -115,7 +116,8 @@ def test_rules_model_and_reprocess_end_to_end(
 
     # A worker already running picks up a newly trained model and a removed rule,
     # without a restart; reprocess relabels every stored article.
-    worker = start_worker(settings, concurrency=2, queues="clean,dedupe,classify")
+    article_queues = ",".join(dict.fromkeys(stage_named(name).queue for name in ARTICLE_STAGES))
+    worker = start_worker(settings, concurrency=2, queues=article_queues)
     ok(feedmill(settings, "classifier", "train", str(write_labelled_csv(tmp_path / "labelled.csv")), "--holdout", "0"))
     ok(feedmill(settings, "rules", "remove", "1"))
     stale = json.loads(ok(feedmill(settings, "explain", str(casino_id), "--json")))
@@ -137,7 +139,7 @@ def test_rules_model_and_reprocess_end_to_end(
 
     # One feed, from clean on: only its articles go round again, to the same result.
     from_clean = ok(feedmill(settings, "reprocess", "--stage", "clean", "--feed", blog))
-    assert "2 article(s) of " + blog + " go back to clean and then run clean -> dedupe -> classify again" in from_clean
+    assert "2 article(s) of " + blog + f" go back to clean and then run {' -> '.join(article_stages_from('clean'))} again" in from_clean
     assert "reset 2 article(s) to clean; enqueued 1 batch(es) on the clean queue" in from_clean
     wait_until_done(settings, worker)
     assert by_title(export(settings)) == relabelled

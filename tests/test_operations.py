@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from schemas.db import session_scope
 from schemas.models import PENDING, Article, Feed, Poll
+from schemas.pipeline import article_stages_from
 from schemas.settings import Settings
 from tests.conftest import Publisher, WorkerProcess, export, feedmill, ok, rss
 
@@ -97,7 +98,7 @@ def test_feeds_poll_requeue_article_and_remove(
     partly = feedmill(settings, "requeue", "article", str(y2), "999", "--from-stage", "dedupe")
     out = partly.stdout
     assert partly.returncode == 1 and "no article 999 (the others were re-queued)" in partly.stderr  # an unknown id fails the command
-    assert "sending 1 article(s) back to dedupe, then dedupe -> classify" in out
+    assert f"sending 1 article(s) back to dedupe, then {' -> '.join(article_stages_from('dedupe'))}" in out
     assert "skipped 999: no such article" in out and "reset 1 article(s) to dedupe, pending" in out
     assert wait_until_settled(settings, 3) == {"x1": ("done", "ok"), "y1": ("done", "ok"), "y2": ("done", "ok")}
     with session_scope(settings) as session:

@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from schemas.db import session_scope
-from tasks.classify import explain_article, load_setup
 from tasks.classify_model import (
     Example,
     LabelledDataError,
@@ -202,6 +201,8 @@ def explain(article_id: int, as_json: bool) -> None:
         article, feed_url = row
         if article.text is None and article.title is None:
             raise click.ClickException(f"article {article_id} is not cleaned yet (stage {article.stage})")
+        from tasks.classify import explain_article, load_setup  # the language model and automatons: only here
+
         explained = explain_article(load_setup(session), article)
     stored = {
         "language": article.language,
