@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
@@ -146,3 +146,20 @@ def close_article_failures(session: Session, article_ids: Sequence[int]) -> int:
         .where(Failure.requeued_at.is_(None), Failure.subject.in_([f"article {i}" for i in article_ids]))
         .values(requeued_at=utcnow())
     ).rowcount
+
+
+def _purgeable(everything: bool, unseen_before: datetime | None) -> ColumnElement[bool]:
+    if everything:
+        return true()
+    resolved = Failure.requeued_at.is_not(None)
+    return resolved if unseen_before is None else or_(resolved, Failure.last_seen < unseen_before)
+
+
+def count_purgeable(session: Session, everything: bool = False, unseen_before: datetime | None = None) -> int:
+    return session.scalar(select(func.count()).select_from(Failure).where(_purgeable(everything, unseen_before))) or 0
+
+
+def purge_failures(session: Session, everything: bool = False, unseen_before: datetime | None = None) -> int:
+    """Delete re-queued failures; with ``everything`` every failure, with ``unseen_before`` also
+    open ones not seen since then (the periodic prune). Return how many."""
+    return session.execute(delete(Failure).where(_purgeable(everything, unseen_before))).rowcount

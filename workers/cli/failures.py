@@ -11,12 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import click
-from sqlalchemy import delete, func, select, true
 
 from schemas.db import session_scope
 from schemas.models import Failure
 from schemas.pipeline import STAGE_NAMES
-from tasks.storage.failures import FailureFilter, open_failures
+from tasks.storage.failures import FailureFilter, count_purgeable, open_failures, purge_failures
 from workers.cli.common import find_feed, iso, migrated_settings
 from workers.cli.reprocess import Since
 
@@ -103,9 +102,8 @@ def show_command(failure_id: int, as_json: bool) -> None:
 def purge_command(everything: bool, dry_run: bool, yes: bool) -> None:
     """Delete re-queued failures (with --all, every failure)."""
     settings = migrated_settings()
-    condition = true() if everything else Failure.requeued_at.is_not(None)
     with session_scope(settings) as session:
-        count = session.scalar(select(func.count()).select_from(Failure).where(condition)) or 0
+        count = count_purgeable(session, everything)
     kind = "failure(s)" if everything else "re-queued failure(s)"
     click.echo(f"{'would delete' if dry_run else 'deleting'} {count} {kind}")
     if dry_run or not count:
@@ -113,6 +111,6 @@ def purge_command(everything: bool, dry_run: bool, yes: bool) -> None:
     if not yes:
         click.confirm(f"delete {count} {kind}?", abort=True, err=True)
     with session_scope(settings) as session:
-        deleted = session.execute(delete(Failure).where(condition)).rowcount
+        deleted = purge_failures(session, everything)
     click.echo(f"deleted {deleted} {kind}")
 
