@@ -185,6 +185,10 @@ class HostFetch(Base):
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+#: The rows of ``ix_articles_duplicate_of`` (``Article.text`` hides ``text`` in the class body).
+_COPIES_ONLY = text("duplicate_of IS NOT NULL")
+
+
 class Article(Base):
     __tablename__ = "articles"
 
@@ -260,6 +264,10 @@ class Article(Base):
         Index("ix_articles_poll", "poll_id"),
         Index("ix_articles_feed_published", "feed_id", "published_at"),
         Index("ix_articles_cluster", "cluster_id"),
+        # Deleting an article sets its copies' duplicate_of NULL: without this, each deleted
+        # article is a scan of the whole table (migration 0012); copies only, so it stays small.
+        Index("ix_articles_duplicate_of", "duplicate_of",
+              sqlite_where=_COPIES_ONLY, postgresql_where=_COPIES_ONLY),
     )
 
 

@@ -1,4 +1,6 @@
-"""Retention: a per-feed override (``feeds.retention``) and the tombstones of pruned articles.
+"""Retention: a per-feed override (``feeds.retention``), the tombstones of pruned articles, and
+an index on ``articles.duplicate_of`` (copies only), without which deleting an article (its
+copies' foreign key is set NULL) scans the whole table.
 
 Revision ID: 0012
 Revises: 0011
@@ -29,8 +31,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_article_tombstones_fingerprint", "article_tombstones", ["feed_id", "item_fingerprint"])
     op.create_index("ix_article_tombstones_listed", "article_tombstones", ["last_listed_at"])
+    op.create_index("ix_articles_duplicate_of", "articles", ["duplicate_of"],
+                    sqlite_where=sa.text("duplicate_of IS NOT NULL"), postgresql_where=sa.text("duplicate_of IS NOT NULL"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_articles_duplicate_of", table_name="articles")
     op.drop_table("article_tombstones")
     op.drop_column("feeds", "retention")
