@@ -12,7 +12,10 @@ what the pipeline derives (MinHash signatures and band rows, paragraph fingerpri
 storage functions that write them, and marked done. Then the day's prune runs and is timed.
 Per day: rows of each table, database size, prune seconds. The window holds when row counts and
 size at the last day are within 1.1x of day ``window`` and a prune costs the same late as early.
-SQLite in a temporary folder unless ``--database-url`` names an empty database.
+SQLite in a temporary folder unless ``--database-url`` names an empty database. On a PostgreSQL
+server with autovacuum off (this machine's), each day ends with ``VACUUM ANALYZE``, outside the
+measured prune, as autovacuum would (``--no-vacuum`` skips it): without it deleted rows' space is
+never reused and the size cannot level off.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from articles_db import store_settings
 from sqlalchemy import func, insert, select, text, update
 
-from schemas.db import session_scope
+from schemas.db import get_engine, session_scope
 from schemas.models import OK, Article, ArticleTombstone, Feed, MinhashBand, MinhashSignature, ParagraphFingerprints, utcnow
 from schemas.payloads import RawEntry
 from schemas.settings import DAY, Settings
@@ -72,6 +75,18 @@ def derive(settings: Settings, ids: list[int], feed_of: dict[int, int], rng: np.
         )
 
 
+def vacuum_if_autovacuum_is_off(settings: Settings) -> bool:
+    """PostgreSQL with autovacuum off: VACUUM ANALYZE, as autovacuum would; whether it ran."""
+    engine = get_engine(settings.database_url)
+    if engine.dialect.name != "postgresql":
+        return False
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        if connection.exec_driver_sql("SHOW autovacuum").scalar() != "off":
+            return False
+        connection.exec_driver_sql("VACUUM ANALYZE")
+    return True
+
+
 def database_bytes(settings: Settings) -> int:
     with session_scope(settings, read_only=True) as session:
         if session.get_bind().dialect.name == "postgresql":
@@ -84,7 +99,7 @@ def row_counts(settings: Settings) -> dict[str, int]:
         return {name: int(session.scalar(select(func.count()).select_from(model))) for name, model in TABLES.items()}
 
 
-def simulate(settings: Settings, feeds: int, per_day: int, days: int) -> list[dict]:
+def simulate(settings: Settings, feeds: int, per_day: int, days: int, vacuum: bool = True) -> list[dict]:
     rng = np.random.default_rng(7)
     with session_scope(settings) as session:
         feed_ids = list(session.scalars(
@@ -112,9 +127,10 @@ def simulate(settings: Settings, feeds: int, per_day: int, days: int) -> list[di
         started = time.perf_counter()
         report = run_periodic_prune(settings, now=now)
         prune_seconds = time.perf_counter() - started
+        vacuumed = vacuum and vacuum_if_autovacuum_is_off(settings)
         row = {"day": day, "stored": len(new_ids), "store_seconds": round(stored_seconds, 2),
                "pruned": report.removed, "prune_seconds": round(prune_seconds, 3),
-               "tombstones_expired": report.tombstones_expired,
+               "tombstones_expired": report.tombstones_expired, "vacuumed": vacuumed,
                "database_mb": round(database_bytes(settings) / 2**20, 1), **row_counts(settings)}
         history.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -141,11 +157,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--window", type=int, default=30, help="FEEDMILL_RETENTION in days")
     parser.add_argument("--database-url")
+    parser.add_argument("--no-vacuum", action="store_true", help="no VACUUM ANALYZE on PostgreSQL without autovacuum")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         settings = replace(store_settings(Path(home), args.database_url), retention=args.window * DAY)
-        history = simulate(settings, args.feeds, args.per_day, args.days)
+        history = simulate(settings, args.feeds, args.per_day, args.days, vacuum=not args.no_vacuum)
         result = {"feeds": args.feeds, "per_day": args.per_day, "days": args.days, "window": args.window,
                   "backend": settings.database_url.split(":", 1)[0], "days_measured": history,
                   "summary": summary(history, args.window)}

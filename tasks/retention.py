@@ -106,7 +106,7 @@ def run_prune(
     now = now or utcnow()
     with session_scope(settings, read_only=True) as session:
         feeds = stored.feeds_with_retention(session, feed_ids)
-        counts = stored.article_counts(session, [feed.id for feed in feeds])
+        counts = stored.article_counts(session, feed_ids)
         plans = []
         for feed in feeds:
             policy = feed_policy(settings, feed.retention, older_than)

@@ -47,12 +47,12 @@ def feeds_with_retention(session: Session, feed_ids: Sequence[int] | None = None
     return list(session.execute(query))
 
 
-def article_counts(session: Session, feed_ids: Sequence[int]) -> dict[int, int]:
-    """Feed id -> how many articles it has stored."""
-    rows = session.execute(
-        select(Article.feed_id, func.count()).where(Article.feed_id.in_(list(feed_ids))).group_by(Article.feed_id)
-    )
-    return {feed_id: count for feed_id, count in rows}
+def article_counts(session: Session, feed_ids: Sequence[int] | None = None) -> dict[int, int]:
+    """Feed id -> how many articles it has stored (every feed's without ``feed_ids``)."""
+    query = select(Article.feed_id, func.count()).group_by(Article.feed_id)
+    if feed_ids is not None:
+        query = query.where(Article.feed_id.in_(list(feed_ids)))
+    return {feed_id: count for feed_id, count in session.execute(query)}
 
 
 def aging_articles(session: Session, feed_id: int, cutoff: datetime) -> list[Row]:
