@@ -49,7 +49,7 @@ def test_age_runs_from_publication_else_first_seen_and_a_future_date_counts_as_f
     assert age_from(NOW + timedelta(days=365), seen, NOW) == seen
 
 
-def test_the_policy_is_the_feed_override_else_the_setting_and_older_than_drops_the_floor(tmp_path) -> None:
+def test_the_policy_is_the_feed_override_else_the_setting_and_older_than_drops_the_floor() -> None:
     settings = replace(Settings(), retention=30 * DAY, retention_keep=5)
     assert feed_policy(settings, None) == Policy(30 * DAY, 5)
     assert feed_policy(settings, 7 * DAY) == Policy(7 * DAY, 5)
@@ -177,7 +177,7 @@ def test_the_standing_policy_keeps_each_feeds_newest_and_follows_feed_overrides(
     assert left == {recent, busy_ids[0], busy_ids[1], *quiet_ids, *kept_ids}
     assert future not in left
 
-    # A feed's own retention; `default` returns it to the setting.
+    # A feed's own retention replaces the setting; the floor still holds.
     with session_scope(settings) as session:
         session.get(Feed, kept).retention = 100 * DAY
     assert run_prune(settings, now=NOW).removed == 2  # the floor keeps three of five
