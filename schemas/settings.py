@@ -51,6 +51,15 @@ def _env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_duration(name: str, default: str, *, forever: bool = False) -> int | None:
+    """A duration variable (``forever`` allowed if asked); a bad value names its variable."""
+    value = os.environ.get(name) or default
+    try:
+        return retention_seconds(value) if forever else duration_seconds(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration; ``Settings.from_env()`` is the only constructor used."""
@@ -167,11 +176,11 @@ class Settings:
             max_retries=int(env("FEEDMILL_MAX_RETRIES") or cls.max_retries),
             worker_max_memory_kb=int(env("FEEDMILL_WORKER_MAX_MEMORY_KB") or cls.worker_max_memory_kb),
             task_events=_env_bool("FEEDMILL_TASK_EVENTS", cls.task_events),
-            retention=retention_seconds(env("FEEDMILL_RETENTION") or "90d"),
+            retention=_env_duration("FEEDMILL_RETENTION", "90d", forever=True),
             retention_keep=int(env("FEEDMILL_RETENTION_KEEP") or cls.retention_keep),
-            tombstone_grace=duration_seconds(env("FEEDMILL_TOMBSTONE_GRACE") or "30d"),
+            tombstone_grace=_env_duration("FEEDMILL_TOMBSTONE_GRACE", "30d"),
             prune_every=float(env("FEEDMILL_PRUNE_EVERY") or cls.prune_every),
-            poll_history=duration_seconds(env("FEEDMILL_POLL_HISTORY") or "30d"),
+            poll_history=_env_duration("FEEDMILL_POLL_HISTORY", "30d"),
         )
 
     @property

@@ -42,6 +42,16 @@ def test_ages_read_as_seconds_and_forever_keeps_everything() -> None:
     assert [duration_text(s) for s in (30 * DAY, 12 * 3600, 90, 61)] == ["30d", "12h", "90s", "61s"]
 
 
+def test_the_retention_settings_are_read_from_the_environment(monkeypatch) -> None:
+    assert (Settings.from_env().retention, Settings.from_env().retention_keep) == (90 * DAY, 20)
+    monkeypatch.setenv("FEEDMILL_RETENTION", "forever")
+    monkeypatch.setenv("FEEDMILL_TOMBSTONE_GRACE", "2w")
+    assert (Settings.from_env().retention, Settings.from_env().tombstone_grace) == (None, 14 * DAY)
+    monkeypatch.setenv("FEEDMILL_POLL_HISTORY", "soon")
+    with pytest.raises(ValueError, match="^FEEDMILL_POLL_HISTORY: not a duration: 'soon'"):
+        Settings.from_env()
+
+
 def test_age_runs_from_publication_else_first_seen_and_a_future_date_counts_as_first_seen() -> None:
     seen = NOW - timedelta(days=3)
     assert age_from(NOW - timedelta(days=400), seen, NOW) == NOW - timedelta(days=400)
