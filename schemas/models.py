@@ -116,6 +116,8 @@ class Feed(Base):
     websub_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Fetch each entry's linked page for its full text: on | off | auto; NULL follows FEEDMILL_FULL_TEXT.
     full_text: Mapped[str | None] = mapped_column(String(8))
+    #: Seconds its articles are kept (``RETAIN_FOREVER``: all); NULL follows FEEDMILL_RETENTION.
+    retention: Mapped[int | None] = mapped_column(Integer)
     #: A fetch holds the feed until this time; an expired lease frees it again.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -181,6 +183,10 @@ class HostFetch(Base):
     host: Mapped[str] = mapped_column(Text, index=True)
     poll_id: Mapped[int | None] = mapped_column(BigId)
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+#: The rows of ``ix_articles_duplicate_of`` (``Article.text`` hides ``text`` in the class body).
+_COPIES_ONLY = text("duplicate_of IS NOT NULL")
 
 
 class Article(Base):
@@ -258,6 +264,36 @@ class Article(Base):
         Index("ix_articles_poll", "poll_id"),
         Index("ix_articles_feed_published", "feed_id", "published_at"),
         Index("ix_articles_cluster", "cluster_id"),
+        # Deleting an article sets its copies' duplicate_of NULL: without this, each deleted
+        # article is a scan of the whole table (migration 0012); copies only, so it stays small.
+        Index("ix_articles_duplicate_of", "duplicate_of",
+              sqlite_where=_COPIES_ONLY, postgresql_where=_COPIES_ONLY),
+    )
+
+
+#: ``feeds.retention`` of a feed whose articles are never pruned for age.
+RETAIN_FOREVER = 0
+
+
+class ArticleTombstone(Base):
+    """The identity of a pruned article, so a feed still listing the item does not bring it back
+    (``tasks/storage/retention.py``); it goes once the feed has stopped listing it for a while."""
+
+    __tablename__ = "article_tombstones"
+
+    feed_id: Mapped[int] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), primary_key=True)
+    #: The pruned article's ``entry_key``.
+    entry_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: Hash of its link and title, which find the item again under a new GUID
+    #: (``tasks.storage.retention.item_fingerprint``); NULL without a link.
+    item_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    pruned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: When a parsed document last listed the item.
+    last_listed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_article_tombstones_fingerprint", "feed_id", "item_fingerprint"),
+        Index("ix_article_tombstones_listed", "last_listed_at"),
     )
 
 

@@ -44,6 +44,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("dispatch", "schedule", "feedmill.dispatch", "workers.scheduler", NOTHING),
     Stage("sweep", "schedule", "feedmill.sweep", "workers.scheduler", NOTHING),
     Stage("recover", "schedule", "feedmill.recover", "workers.scheduler", NOTHING),
+    Stage("prune", "schedule", "feedmill.prune", "tasks.retention", NOTHING),
     Stage("websub", "fetch", "feedmill.websub_subscribe", "tasks.websub", FEED),
     Stage("fetch", "fetch", "feedmill.fetch", "tasks.fetch", POLL, successor="parse"),
     Stage("parse", "parse", "feedmill.parse", "tasks.parse", POLL, successor="clean"),

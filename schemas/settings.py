@@ -9,11 +9,39 @@ under ``./var/``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 
 MiB = 1024 * 1024
+DAY = 86400
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
+#: The retention that keeps everything (``FEEDMILL_RETENTION``, ``feeds set --retention``).
+FOREVER = "forever"
+
+
+def duration_seconds(text: str) -> int:
+    """``90d``, ``12h``, ``4w``, ``15m``, ``300`` (seconds): a positive number of seconds."""
+    match = _DURATION.match(text.lower())
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 12h, 30d, 4w)")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def duration_text(seconds: int) -> str:
+    """Seconds as ``duration_seconds`` reads them back: ``30d``, ``12h``, ``90s``."""
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNIT_SECONDS[unit] == 0 and unit != "w":
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def retention_seconds(text: str) -> int | None:
+    """An age such as ``90d``, or ``forever`` (None: nothing is pruned for age)."""
+    return None if text.strip().lower() == FOREVER else duration_seconds(text)
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -21,6 +49,15 @@ def _env_bool(name: str, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_duration(name: str, default: str, *, forever: bool = False) -> int | None:
+    """A duration variable (``forever`` allowed if asked); a bad value names its variable."""
+    value = os.environ.get(name) or default
+    try:
+        return retention_seconds(value) if forever else duration_seconds(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -104,6 +141,16 @@ class Settings:
     stream_maxlen: int = 100_000
     #: FEEDMILL_STREAM_REDIS_URL: the Redis that stream subscriptions write to (default: the broker, if Redis).
     stream_redis_url: str = ""
+    #: FEEDMILL_RETENTION: articles older than this are pruned (None: ``forever``, keep all).
+    retention: int | None = 90 * DAY
+    #: FEEDMILL_RETENTION_KEEP: the newest articles of each feed the standing policy always keeps.
+    retention_keep: int = 20
+    #: FEEDMILL_TOMBSTONE_GRACE: a pruned item's tombstone goes once its feed has not listed it this long.
+    tombstone_grace: int = 30 * DAY
+    #: FEEDMILL_PRUNE_EVERY: seconds between the service's prunes.
+    prune_every: float = 3600.0
+    #: FEEDMILL_POLL_HISTORY: polls (but each feed's latest) and dead letters older than this are purged.
+    poll_history: int = 30 * DAY
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -147,6 +194,11 @@ class Settings:
             deliver_every=float(env("FEEDMILL_DELIVER_EVERY") or cls.deliver_every),
             stream_maxlen=int(env("FEEDMILL_STREAM_MAXLEN") or cls.stream_maxlen),
             stream_redis_url=env("FEEDMILL_STREAM_REDIS_URL") or cls.stream_redis_url,
+            retention=_env_duration("FEEDMILL_RETENTION", "90d", forever=True),
+            retention_keep=int(env("FEEDMILL_RETENTION_KEEP") or cls.retention_keep),
+            tombstone_grace=_env_duration("FEEDMILL_TOMBSTONE_GRACE", "30d"),
+            prune_every=float(env("FEEDMILL_PRUNE_EVERY") or cls.prune_every),
+            poll_history=_env_duration("FEEDMILL_POLL_HISTORY", "30d"),
         )
 
     @property

@@ -481,12 +481,13 @@ def _digest(parts: Sequence[Any]) -> str:
 def store_entries(
     session: Session, feed_id: int, poll_id: int | None, entries: Sequence[RawEntry]
 ) -> tuple[list[int], list[int]]:
-    """Insert new entries, update changed ones; return (new ids, changed ids)."""
+    """Insert new entries, update changed ones, leave pruned ones out; return (new ids, changed ids)."""
     if not entries:
         return [], []
     guid_keys = [e.entry_key for e in entries if e.entry_key.startswith("guid:")]
     stored = stored_entries.stored_guid_entries(session, feed_id, guid_keys)
-    return stored_entries.insert_or_update(session, feed_id, poll_id, rekey_reused_guids(entries, stored))
+    entries = stored_entries.without_pruned(session, feed_id, rekey_reused_guids(entries, stored))
+    return stored_entries.insert_or_update(session, feed_id, poll_id, entries)
 
 
 def run_parse(settings: Settings, poll_id: int) -> list[int]:

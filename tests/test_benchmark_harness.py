@@ -143,3 +143,22 @@ def test_delivery_benchmark_sends_every_event() -> None:
     assert result.returncode == 0, result.stderr
     rate = json.loads(result.stdout)["throughput"]
     assert rate["received"] == rate["events"] == 60 and rate["events_per_second"] > 0
+
+
+def test_retention_benchmark_levels_off_at_its_window() -> None:
+    """benchmarks/retention.py on 3 feeds over 6 simulated days with a 3-day window (SQLite): 30 articles
+    per feed in the window, above the floor of 20."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "retention.py"), "--feeds", "3", "--per-day", "10",
+         "--days", "6", "--window", "3", "--json"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    days = report["days_measured"]
+    assert [day["stored"] for day in days] == [30] * 6  # yesterday's items, listed again, are not stored twice
+    assert [day["pruned"] for day in days] == [0, 0, 0, 30, 30, 30]
+    assert [day["articles"] for day in days] == [30, 60, 90, 90, 90, 90]
+    assert [day["article_tombstones"] for day in days] == [0, 0, 0, 30, 60, 90]
+    assert all(day["minhash_bands"] == 104 * day["articles"] for day in days)
+    assert report["summary"]["articles_ratio"] == report["summary"]["bands_ratio"] == 1.0

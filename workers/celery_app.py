@@ -52,7 +52,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name) for name in QUEUES],
         "task_default_queue": QUEUES[0],
         "task_routes": {stage.task: {"queue": stage.queue} for stage in STAGES},
-        # A dispatch or sweep not started within its interval (10 s at least) is dropped: the next
+        # A dispatch, sweep or prune not started within its interval (10 s at least) is dropped: the next
         # one is on its way, and a backlog of sweeps (workers down for a while) would each re-send
         # all stuck work at once.
         "beat_schedule": {
@@ -64,6 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                                       "options": {"expires": RECOVER_EVERY}},
             "send-due-deliveries": {"task": "feedmill.deliver_due", "schedule": settings.deliver_every,
                                     "options": {"expires": max(settings.deliver_every, 5.0)}},
+            "prune-old-articles": {"task": "feedmill.prune", "schedule": settings.prune_every,
+                                   "options": {"expires": max(settings.prune_every, 10.0)}},
         },
         # Beat keeps its schedule in memory, no file: every entry is an interval whose real state
         # (feeds' next polls and leases, pending work) is in the database, so a restarted or second

@@ -14,6 +14,11 @@ with engine.connect() as connection:
         # Several processes may start at once; one migrates, the others wait.
         connection.execute(text("SELECT pg_advisory_lock(727465)"))
         connection.commit()
+    else:
+        # A new embedded database gives the pages a prune frees back (tasks/storage/retention.reclaim_space).
+        # It takes effect only before the first table: an older file keeps its mode until a VACUUM.
+        connection.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
+        connection.commit()
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,

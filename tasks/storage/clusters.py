@@ -153,7 +153,7 @@ def lock_decisions(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DEDUPE_LOCK_KEY})
 
 
-def repoint_cluster(session: Session, old: int, new: int, reason: str, now: datetime) -> int:
+def repoint_cluster(session: Session, old: int, new: int, reason: str | None, now: datetime) -> int:
     """Name ``new`` the canonical article of cluster ``old``: every stored member gets it as
     ``cluster_id`` and ``duplicate_of`` (the old canonical with ``reason``), ``updated_at`` = now,
     so readers of changes see them. Return how many articles changed."""
@@ -208,7 +208,7 @@ def delete_index_rows(session: Session, article_ids: Sequence[int]) -> None:
     are found from the stored signatures: ``band_keys`` gives exactly the keys they were
     written under, and each row goes by its primary key. Articles never deduped have no
     signature: for them this is one query that finds nothing. Used by dedupe for a
-    batch's revised articles and by ``feedmill feeds remove`` before articles are deleted.
+    batch's revised articles and by ``tasks.storage.retention.delete_articles`` (prune, ``feeds remove``).
     """
     for chunk in _chunks(article_ids):
         stored = session.execute(

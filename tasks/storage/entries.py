@@ -6,16 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from schemas.db import insert_for
-from schemas.models import PENDING, POLL_ERROR, POLL_FETCHED, POLL_PARSED, Article, Feed, Poll, utcnow
+from schemas.models import PENDING, POLL_ERROR, POLL_FETCHED, POLL_PARSED, Article, ArticleTombstone, Feed, Poll, utcnow
 from schemas.payloads import ParsedFeed, RawEntry
 from schemas.pipeline import FIRST_ARTICLE_STAGE
 from schemas.settings import Settings
 from tasks.schedule import http_hints
 from tasks.storage.feeds import finish_poll_of_feed
+from tasks.storage.retention import item_fingerprint
 
 #: Stores a document's entries for a feed and poll: (new ids, changed ids).
 StoreEntries = Callable[[Session, int, int, Sequence[RawEntry]], tuple[list[int], list[int]]]
@@ -60,6 +61,33 @@ def stored_guid_entries(session: Session, feed_id: int, guid_keys: Sequence[str]
         )
     )
     return {key: (link, title) for key, link, title in rows}
+
+
+def without_pruned(session: Session, feed_id: int, entries: Sequence[RawEntry]) -> list[RawEntry]:
+    """The entries whose item was not pruned from this feed (no tombstone by entry key, or by link
+    and title for an item under a new GUID); the tombstones of the others are marked listed now,
+    so they last while the feed still lists their item."""
+    if not entries:
+        return []
+    fingerprints = {e.entry_key: item_fingerprint(e.link, e.title) for e in entries}
+    wanted = [fp for fp in fingerprints.values() if fp]
+    found = session.execute(
+        select(ArticleTombstone.entry_key, ArticleTombstone.item_fingerprint).where(
+            ArticleTombstone.feed_id == feed_id,
+            or_(ArticleTombstone.entry_key.in_(list(fingerprints)), ArticleTombstone.item_fingerprint.in_(wanted)),
+        )
+    ).all()
+    if not found:
+        return list(entries)
+    keys = {key for key, _ in found}
+    pruned = {fp for _, fp in found if fp}
+    session.execute(
+        update(ArticleTombstone)
+        .where(ArticleTombstone.feed_id == feed_id,
+               or_(ArticleTombstone.entry_key.in_(sorted(keys)), ArticleTombstone.item_fingerprint.in_(sorted(pruned))))
+        .values(last_listed_at=utcnow())
+    )
+    return [e for e in entries if e.entry_key not in keys and fingerprints[e.entry_key] not in pruned]
 
 
 def insert_or_update(

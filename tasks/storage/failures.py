@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, true, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from schemas.db import session_scope
@@ -152,16 +152,18 @@ def close_article_failures(session: Session, article_ids: Sequence[int]) -> int:
     ).rowcount
 
 
-def _purgeable(everything: bool) -> ColumnElement[bool]:
-    return true() if everything else Failure.requeued_at.is_not(None)
+def _purgeable(everything: bool, unseen_before: datetime | None) -> ColumnElement[bool]:
+    if everything:
+        return true()
+    resolved = Failure.requeued_at.is_not(None)
+    return resolved if unseen_before is None else or_(resolved, Failure.last_seen < unseen_before)
 
 
-def count_purgeable(session: Session, everything: bool = False) -> int:
-    """How many failures ``feedmill failures purge`` would delete: the re-queued ones, or with
-    ``everything`` all of them."""
-    return session.scalar(select(func.count()).select_from(Failure).where(_purgeable(everything))) or 0
+def count_purgeable(session: Session, everything: bool = False, unseen_before: datetime | None = None) -> int:
+    return session.scalar(select(func.count()).select_from(Failure).where(_purgeable(everything, unseen_before))) or 0
 
 
-def purge_failures(session: Session, everything: bool = False) -> int:
-    """Delete the re-queued failures (with ``everything``, every failure); return how many."""
-    return session.execute(delete(Failure).where(_purgeable(everything))).rowcount
+def purge_failures(session: Session, everything: bool = False, unseen_before: datetime | None = None) -> int:
+    """Delete re-queued failures; with ``everything`` every failure, with ``unseen_before`` also
+    open ones not seen since then (the periodic prune). Return how many."""
+    return session.execute(delete(Failure).where(_purgeable(everything, unseen_before))).rowcount

@@ -19,6 +19,7 @@ from workers.cli import (
     failures,
     feeds,
     processes,
+    prune,
     reprocess,
     requeue,
     rules,
@@ -45,6 +46,7 @@ cli.add_command(rules.rules)
 cli.add_command(reprocess.reprocess)
 cli.add_command(clusters.clusters)
 cli.add_command(failures.failures)
+cli.add_command(prune.prune)
 cli.add_command(requeue.requeue)
 cli.add_command(status.status)
 cli.add_command(status.healthcheck)

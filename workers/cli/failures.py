@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+
 from schemas.db import session_scope
 from schemas.models import Failure
 from schemas.pipeline import STAGE_NAMES

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,12 +13,12 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from schemas.db import insert_for, session_scope
-from schemas.models import Article, Failure, Feed, Poll, Rule, utcnow
-from schemas.settings import Settings
+from schemas.models import RETAIN_FOREVER, Failure, Feed, Poll, Rule, utcnow
+from schemas.settings import Settings, duration_seconds, duration_text, retention_seconds
 from tasks.discover import Probe, probe
 from tasks.fulltext import FULL_TEXT_MODES
 from tasks.links import BadFeedUrl, feed_url_key, safe_link
-from tasks.storage.clusters import delete_index_rows
+from tasks.storage.retention import delete_articles, delete_in_batches, feed_article_ids
 from tasks.storage.failures import FailureFilter, open_failures
 from workers.cli.common import find_feed, iso, migrated_settings
 from workers.scheduler import claim_feeds, enqueue_fetches
@@ -240,6 +239,7 @@ def _feed_record(feed: Feed, last_poll: Poll | None) -> dict[str, Any]:
         "next_poll_reason": feed.next_poll_reason,
         "interval_override": feed.interval_override,
         "full_text": feed.full_text,
+        "retention": feed.retention,
         "schedule_hints": feed.schedule_hints,
         "etag": feed.etag,
         "last_modified": feed.last_modified,
@@ -328,6 +328,8 @@ def feeds_show(url: str, history: int, as_json: bool) -> None:
         click.echo(f"       publisher hints: {json.dumps(record['schedule_hints'])}")
     if record["full_text"]:
         click.echo(f"       full text: {record['full_text']}")
+    if record["retention"] is not None:
+        click.echo(f"       articles kept: {describe_retention(record['retention'])}")
     if record["websub"]["wanted"] or record["websub"]["hub"]:
         w = record["websub"]
         click.echo(f"       websub: {w['state']} (hub {w['hub'] or 'none advertised'}, expires {w['expires_at'] or '-'})")
@@ -339,22 +341,38 @@ def feeds_show(url: str, history: int, as_json: bool) -> None:
         click.echo(f"         {poll['requested_at']}  {poll['kind']:<4} {outcome} {counts}{error}")
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_interval(text: str, floor: int) -> int | None:
     """``15m``, ``2h``, ``1d``, ``300`` (seconds), or ``auto`` (None: adaptive again); at least ``floor`` seconds."""
     if text.strip().lower() == "auto":
         return None
-    match = _DURATION.match(text.lower())
-    if not match or int(match.group(1)) <= 0:
-        raise click.ClickException(f"not an interval: {text!r} (use e.g. 15m, 2h, 1d, or auto)")
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    try:
+        seconds = duration_seconds(text)
+    except ValueError:
+        raise click.ClickException(f"not an interval: {text!r} (use e.g. 15m, 2h, 1d, or auto)") from None
     if seconds < floor:
         raise click.ClickException(
             f"interval {text.strip()} is shorter than the floor of {floor} s (FEEDMILL_MIN_INTERVAL sets it)")
     return seconds
+
+
+def parse_retention(text: str) -> int | None:
+    """``30d``, ``12h``, ``4w``: seconds; ``forever``: RETAIN_FOREVER; ``default``: None (FEEDMILL_RETENTION)."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        seconds = retention_seconds(text)
+    except ValueError:
+        raise click.ClickException(f"not a retention: {text!r} (use e.g. 30d, 12h, 4w, forever or default)") from None
+    return RETAIN_FOREVER if seconds is None else seconds
+
+
+def describe_retention(seconds: int | None) -> str:
+    """A feed's ``retention`` in words."""
+    if seconds is None:
+        return "FEEDMILL_RETENTION"
+    if seconds == RETAIN_FOREVER:
+        return "forever"
+    return duration_text(seconds)
 
 
 @feeds.command("set")
@@ -365,22 +383,28 @@ def parse_interval(text: str, floor: int) -> int | None:
     type=click.Choice(FULL_TEXT_MODES),
     help="Fetch each entry's linked page for its full text: on, off, or auto (short entries only).",
 )
-def feeds_set(url: str, interval: str | None, full_text: str | None) -> None:
-    """Override one feed's poll interval or full-text mode."""
-    if interval is None and full_text is None:
-        raise click.UsageError("give --interval, --full-text or both")
+@click.option("--retention", help="Keep its articles this long (30d, 12h, 4w), 'forever', or 'default' (FEEDMILL_RETENTION).")
+def feeds_set(url: str, interval: str | None, full_text: str | None, retention: str | None) -> None:
+    """Override one feed's poll interval, full-text mode or retention."""
+    if interval is None and full_text is None and retention is None:
+        raise click.UsageError("give --interval, --full-text or --retention")
     settings = migrated_settings()
     seconds = parse_interval(interval, settings.min_interval) if interval is not None else None
+    kept = parse_retention(retention) if retention is not None else None
     with session_scope(settings) as session:
         feed = find_feed(session, url)
         if interval is not None:
             feed.interval_override = seconds
         if full_text is not None:
             feed.full_text = full_text
+        if retention is not None:
+            feed.retention = kept
     if interval is not None:
         click.echo(f"{url}: " + (f"polled every {seconds} s from its next poll on" if seconds else "adaptive interval again"))
     if full_text is not None:
         click.echo(f"{url}: full text {full_text} for entries cleaned from now on")
+    if retention is not None:
+        click.echo(f"{url}: articles kept {describe_retention(kept)} (from the next prune on)")
 
 
 @feeds.command("pause")
@@ -440,70 +464,28 @@ def feeds_poll(urls: tuple[str, ...]) -> None:
 def feeds_remove(urls: tuple[str, ...], yes: bool) -> None:
     """Delete feeds with their articles, polls, rules and open failures.
 
-    Articles of other feeds in a story that loses articles stay: when the story's
-    first-seen article goes, the lowest id left becomes it, and the story's
-    ``cluster_id`` and the others' ``duplicate_of`` name that one.
+    Articles go as a prune deletes them (``tasks/storage/retention.delete_articles``), a batch
+    at a time: articles of other feeds in a story that loses its canonical article stay, and the
+    story is named by its earliest published copy left, which the others point at.
     """
     settings = migrated_settings()
     with session_scope(settings) as session:
         ids = list(_feed_ids(session, urls).values())
-        articles = session.scalar(select(func.count()).select_from(Article).where(Article.feed_id.in_(ids)))
+        articles = feed_article_ids(session, ids)
         polls = session.scalar(select(func.count()).select_from(Poll).where(Poll.feed_id.in_(ids)))
         rules = session.scalar(select(func.count()).select_from(Rule).where(Rule.feed_id.in_(ids)))
         failures = {f.id for feed_id in ids for f in open_failures(session, FailureFilter(feed_id=feed_id))}
-    click.echo(f"removing {len(ids)} feed(s) with {articles} article(s), {polls} poll(s), {rules} feed rule(s) "
+    click.echo(f"removing {len(ids)} feed(s) with {len(articles)} article(s), {polls} poll(s), {rules} feed rule(s) "
                f"and {len(failures)} open failure(s)")
     if not yes:
         click.confirm(f"delete {len(ids)} feed(s) and everything stored from them?", abort=True, err=True)
+    _, repointed = delete_in_batches(settings, articles, utcnow(), tombstones=False)
     with session_scope(settings) as session:
-        repointed = _keep_duplicates_of(session, ids)
         session.execute(delete(Failure).where(Failure.id.in_(failures)))
-        _delete_near_duplicate_index(session, ids)
-        session.execute(delete(Feed).where(Feed.id.in_(ids)))  # polls, articles, rules: ON DELETE CASCADE
-    click.echo(f"removed {len(ids)} feed(s), {articles} article(s) and {polls} poll(s)"
-               + (f"; {repointed} article(s) in other feeds re-pointed to their story's surviving first-seen article"
+        # Articles stored since the count above go with the feed: the same deletion, in this transaction.
+        _, late = delete_articles(session, feed_article_ids(session, ids), utcnow(), tombstones=False)
+        session.execute(delete(Feed).where(Feed.id.in_(ids)))  # polls, rules, tombstones: ON DELETE CASCADE
+    repointed += late
+    click.echo(f"removed {len(ids)} feed(s), {len(articles)} article(s) and {polls} poll(s)"
+               + (f"; {repointed} article(s) in other feeds re-pointed to their story's earliest published copy left"
                   if repointed else ""))
-
-
-def _delete_near_duplicate_index(session: Session, feed_ids: list[int]) -> None:
-    """Delete these feeds' articles' MinHash band rows and signatures.
-
-    ``minhash_bands`` has no foreign key (migration 0008), so no cascade removes them. The
-    articles are locked first (on PostgreSQL): a dedupe batch holding some of them commits
-    before their signatures are read, and none can claim them afterwards. An article that
-    arrives and is deduped between this and the feed's delete can still leave its band
-    rows; dedupe ignores band rows whose article is gone.
-    """
-    article_ids = session.scalars(
-        select(Article.id).where(Article.feed_id.in_(feed_ids)).order_by(Article.id).with_for_update()
-    ).all()
-    delete_index_rows(session, article_ids)
-
-
-def _keep_duplicates_of(session: Session, feed_ids: list[int]) -> int:
-    """Keep every story that loses articles whole: in each, the first-seen article left (the
-    story's own, if it stays; else the lowest id left) names the story in ``cluster_id`` and
-    the others point at it. Return how many articles of other feeds changed.
-
-    Dedupe links a new copy to its story's ``cluster_id``, so a story must never stay named
-    by an article that is gone: the copy's ``duplicate_of`` would name a missing row.
-    """
-    removed = select(Article.id).where(Article.feed_id.in_(feed_ids))
-    stories = select(Article.cluster_id).where(
-        or_(Article.feed_id.in_(feed_ids), Article.duplicate_of.in_(removed)), Article.cluster_id.is_not(None)
-    )
-    members = session.scalars(
-        select(Article).where(Article.cluster_id.in_(stories), Article.feed_id.not_in(feed_ids)).order_by(Article.id)
-    ).all()
-    left = {article.id for article in members}
-    first_of: dict[int, int] = {}
-    for article in members:  # in id order: the lowest id left comes first
-        first_of.setdefault(article.cluster_id, article.cluster_id if article.cluster_id in left else article.id)
-    changed = 0
-    for article in members:
-        first = first_of[article.cluster_id]
-        duplicate_of, reason = (None, None) if article.id == first else (first, article.duplicate_reason)
-        if (article.cluster_id, article.duplicate_of, article.duplicate_reason) != (first, duplicate_of, reason):
-            article.cluster_id, article.duplicate_of, article.duplicate_reason = first, duplicate_of, reason
-            changed += 1
-    return changed
