@@ -241,6 +241,9 @@ class Article(Base):
     #: export leaves it out. Not a foreign key: removing the rule keeps the tombstone
     #: until the article is reprocessed.
     dropped_by: Mapped[int | None] = mapped_column(Integer)
+    #: A new value from the change sequence at every write readers can see
+    #: (``tasks/storage/changes.py``): what an API cursor follows.
+    change_seq: Mapped[int | None] = mapped_column(BigInteger)
 
     #: The article stage this article waits for (``schemas/pipeline.py``); ``done`` when finished.
     stage: Mapped[str] = mapped_column(String(16), default=FIRST_ARTICLE_STAGE)
@@ -258,6 +261,7 @@ class Article(Base):
         Index("ix_articles_poll", "poll_id"),
         Index("ix_articles_feed_published", "feed_id", "published_at"),
         Index("ix_articles_cluster", "cluster_id"),
+        Index("ix_articles_change_seq", "change_seq", "id"),
     )
 
 

@@ -92,7 +92,8 @@ def scheduler_command(loglevel: str = "INFO") -> list[str]:
 
 
 def web_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "workers", "web", "--port", str(port)]
+    """On every interface, as before ``feedmill web`` defaulted to 127.0.0.1: WebSub hubs call it."""
+    return [sys.executable, "-m", "workers", "web", "--host", "0.0.0.0", "--port", str(port)]
 
 
 def _die_with_parent(parent_pid: int) -> None:

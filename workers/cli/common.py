@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import click
 from sqlalchemy.orm import Session
 
@@ -11,6 +9,7 @@ from schemas.db import migrate
 from schemas.models import Feed
 from schemas.settings import Settings, current_settings
 from tasks.storage.feeds import feed_by_url
+from tasks.storage.reading import iso  # noqa: F401  (the commands' one date format)
 
 
 def migrated_settings() -> Settings:
@@ -26,8 +25,3 @@ def find_feed(session: Session, url: str) -> Feed:
     if feed is None:
         raise click.ClickException(f"no feed {url.strip()} (see: feedmill feeds list; add one with: feedmill feeds add URL)")
     return feed
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z, or None."""
-    return value.isoformat().replace("+00:00", "Z") if value else None
