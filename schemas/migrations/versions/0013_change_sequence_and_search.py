@@ -4,10 +4,11 @@
 PostgreSQL draws it from the sequence ``article_change_seq``, SQLite from the one-row table
 ``article_change_counter``. Articles stored before this share value 1 (a cursor orders ties by id).
 
-Search: on PostgreSQL a GIN index on ``article_search_vector(language, title, text)``, an
-immutable SQL function (the article's language picks the text search configuration, ``simple``
-where it is unknown), matched by ``article_search_query(q)``, the query parsed in every one of
-those configurations. On SQLite an FTS5 table ``article_search`` with ``articles`` as its external
+Search: on PostgreSQL the column ``articles.search_vector`` with a GIN index, kept by a trigger
+as ``article_search_vector(language, title, text)``, an immutable SQL function (the article's
+language picks the text search configuration, ``simple`` where it is unknown); it is matched by
+``article_search_query(q)``, the query parsed in every one of those configurations. No model
+describes the column: the ORM never reads it. On SQLite an FTS5 table ``article_search`` with ``articles`` as its external
 content, kept in step by triggers (a later migration that rebuilds ``articles`` must recreate them).
 
 Revision ID: 0013
@@ -40,12 +41,27 @@ def _postgresql_upgrade() -> None:
         "LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT to_tsvector("
         f"CASE language {cases} ELSE 'simple'::regconfig END, coalesce(title, '') || ' ' || coalesce(body, '')) $$"
     )
-    queries = " || ".join(f"websearch_to_tsquery('{config}', q)" for config in ["simple", *sorted(set(CONFIGS.values()))])
+    # The distinct parses OR-ed: most configurations parse a word alike, and ranking costs per query item.
+    configs = ", ".join(f"'{config}'" for config in ["simple", *sorted(set(CONFIGS.values()))])
     op.execute(
-        "CREATE FUNCTION article_search_query(q text) RETURNS tsquery "
-        f"LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT {queries} $$"
+        "CREATE FUNCTION article_search_query(q text) RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ "
+        "SELECT coalesce(string_agg(DISTINCT '(' || parsed::text || ')', ' | ')::tsquery, ''::tsquery) "
+        f"FROM unnest(ARRAY[{configs}]::regconfig[]) AS config, websearch_to_tsquery(config, q) AS parsed "
+        "WHERE parsed::text <> '' $$"
     )
-    op.execute("CREATE INDEX ix_articles_search ON articles USING gin (article_search_vector(language, title, text))")
+    # A stored vector, not an expression index: ranking reads it instead of parsing every match's text again.
+    # Kept by a trigger that fires only when language, title or text is written (not on every stage's update).
+    op.execute("ALTER TABLE articles ADD COLUMN search_vector tsvector")
+    op.execute(
+        "CREATE FUNCTION article_search_vector_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "NEW.search_vector := article_search_vector(NEW.language, NEW.title, NEW.text); RETURN NEW; END $$"
+    )
+    op.execute(
+        "CREATE TRIGGER article_search_vector BEFORE INSERT OR UPDATE OF language, title, text ON articles "
+        "FOR EACH ROW EXECUTE FUNCTION article_search_vector_update()"
+    )
+    op.execute("UPDATE articles SET search_vector = article_search_vector(language, title, text)")
+    op.execute("CREATE INDEX ix_articles_search ON articles USING gin (search_vector)")
 
 
 def _sqlite_upgrade() -> None:
@@ -84,6 +100,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP INDEX ix_articles_search")
+        op.execute("DROP TRIGGER article_search_vector ON articles")
+        op.execute("DROP FUNCTION article_search_vector_update()")
+        op.execute("ALTER TABLE articles DROP COLUMN search_vector")
         op.execute("DROP FUNCTION article_search_query(text)")
         op.execute("DROP FUNCTION article_search_vector(text, text, text)")
         op.execute("DROP SEQUENCE article_change_seq")
