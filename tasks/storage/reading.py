@@ -81,6 +81,7 @@ def exported(include_dropped: bool) -> ColumnElement[bool]:
     return true() if include_dropped else Article.dropped_by.is_(None)
 
 
+#: What the read API lists: finished articles no drop rule matched.
 LISTED = (Article.stage == DONE, Article.dropped_by.is_(None))
 
 
