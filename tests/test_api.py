@@ -117,6 +117,7 @@ def test_read_api_token_paging_search_filters_and_openapi(settings: Settings, pu
         assert httpx.get(f"{base}/api/v1/openapi.json").status_code == 401
         assert httpx.get(f"{base}/healthz").status_code == 200  # untouched by the token
         assert "feedmill_articles" in httpx.get(f"{base}/metrics").text
+        assert httpx.get(f"{base}/websub/not-a-feed-id").status_code == 404  # as before the API
 
         first = get(base, "/api/v1/articles")  # no cursor: from the oldest change, 100 by default
         assert len(first["items"]) == 100

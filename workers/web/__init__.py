@@ -46,12 +46,12 @@ def make_app(settings: Settings) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/websub/{feed_id}", include_in_schema=False)
+    @app.get("/websub/{feed_id:int}", include_in_schema=False)
     def websub_verify(feed_id: int, request: Request) -> PlainTextResponse:
         answer = verify_intent(settings, feed_id, dict(request.query_params))
         return PlainTextResponse(answer.body, status_code=200 if answer.status == 200 else 404)
 
-    @app.post("/websub/{feed_id}", include_in_schema=False)
+    @app.post("/websub/{feed_id:int}", include_in_schema=False)
     async def websub_push(feed_id: int, request: Request) -> Response:
         body = bytearray()
         async for chunk in request.stream():  # a pushed document is capped like a fetched one
