@@ -16,6 +16,7 @@ import hashlib
 import selectors
 import socket
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -27,6 +28,8 @@ class Document:
     body: bytes
     etag: str
     last_modified: str
+    #: Seconds the server waits before answering: a slow publisher, so a run lasts a while.
+    delay: float = 0.0
 
 
 def loopback_address(index: int) -> str:
@@ -38,20 +41,23 @@ class Publisher:
     """A threaded HTTP server on ``addresses`` (one port), counting answers by status."""
 
     def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
         self.documents: dict[str, Document] = {}
         self.answers: Counter[int] = Counter()
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer((addresses[0], 0), self._handler())
         self.server.daemon_threads = True
+        # A client that goes away mid-answer (a worker killed by the fault benchmark) is no error here.
+        self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.port = self.server.server_address[1]
         self.listeners = [self.server.socket] + [_listen(address, self.port) for address in addresses[1:]]
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
-    def publish(self, path: str, body: bytes) -> None:
+    def publish(self, path: str, body: bytes, delay: float = 0.0) -> None:
         etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
-        self.documents[path] = Document(body, etag, formatdate(usegmt=True))
+        self.documents[path] = Document(body, etag, formatdate(usegmt=True), delay)
 
     def take_answers(self) -> Counter[int]:
         """Answers given since the last call, by HTTP status."""
@@ -91,6 +97,8 @@ class Publisher:
                 if document is None:
                     self._send(404, b"not found", {"Content-Type": "text/plain"})
                     return
+                if document.delay:
+                    time.sleep(document.delay)
                 headers = {
                     "Content-Type": "application/rss+xml; charset=utf-8",
                     "ETag": document.etag,

@@ -178,6 +178,24 @@ def test_host_slots_limit_concurrency_and_spacing(sqlite_settings: Settings) -> 
     assert claim("news.example.org", 4).slot_id is not None
 
 
+def test_a_fetch_delivered_again_takes_over_the_slot_its_dead_delivery_held(settings: Settings) -> None:
+    """A worker killed mid-fetch leaves its slot leased for a minute and a half; when the poll's fetch
+    is sent again, the new delivery frees that slot instead of waiting behind it. Other polls'
+    slots still count."""
+    polite = dataclasses.replace(settings, host_max_concurrent=1, host_min_interval=0.0)
+
+    def claim(poll_id: int) -> SlotClaim:
+        with session_scope(polite) as session:
+            return claim_host_slot(session, polite, "news.example.org", poll_id)
+
+    died = claim(7)
+    assert died.slot_id is not None
+    assert claim(8).slot_id is None  # the host's one slot is taken
+    again = claim(7)  # the same poll, delivered again
+    assert again.slot_id is not None and again.slot_id != died.slot_id
+    assert claim(8).slot_id is None  # the new delivery's slot counts as the old one did
+
+
 @pytest.mark.parametrize(
     "spacing, delay", [(0.1, 1.5), (0.5, 0.0)], ids=["concurrency-limit", "start-spacing"]
 )

@@ -5,7 +5,8 @@ At most ``host_max_concurrent`` fetches in flight to one host and at least
 is two tables: ``hosts`` (one row per host, locked ``FOR UPDATE`` while a
 slot is taken, which serialises competing workers on PostgreSQL; SQLite's
 write lock does the same) and ``host_fetches`` (one leased row per fetch in
-flight, so a killed worker's slot frees itself when the lease ends).
+flight, so a killed worker's slot frees itself when the lease ends, or as soon as
+its poll's fetch is delivered again).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from schemas.db import insert_for
@@ -36,11 +37,17 @@ def claim_host_slot(session: Session, settings: Settings, host: str, poll_id: in
     """Claim a slot inside the caller's transaction, so a fetch can start in the one it reads its poll in.
 
     The slot only counts for other workers once that transaction commits, which it must do before the request.
+    A slot the same poll still holds is freed first: it belongs to an earlier delivery of this fetch
+    that died with its worker (the sweeper, the recovery look or the broker sent it again), and
+    would otherwise keep the host busy until its lease ends (a minute and a half by default).
     """
     now = utcnow()
     session.execute(insert_for(session, Host.__table__).values(host=host).on_conflict_do_nothing())
     row = session.scalars(select(Host).where(Host.host == host).with_for_update()).one()
-    session.execute(delete(HostFetch).where(HostFetch.host == host, HostFetch.lease_until < now))
+    abandoned = HostFetch.lease_until < now
+    if poll_id is not None:
+        abandoned = or_(abandoned, HostFetch.poll_id == poll_id)
+    session.execute(delete(HostFetch).where(HostFetch.host == host, abandoned))
     in_flight = session.scalar(select(func.count()).where(HostFetch.host == host)) or 0
     if in_flight >= settings.host_max_concurrent:
         # Ask again shortly: a slot usually frees long before its lease ends.

@@ -108,7 +108,7 @@ def downgrade() -> None:
         op.execute("DROP SEQUENCE article_change_seq")
     else:
         for trigger in ("insert", "delete", "update"):
-            op.execute(f"DROP TRIGGER article_search_{trigger}")
+            op.execute(f"DROP TRIGGER IF EXISTS article_search_{trigger}")  # gone if articles was rebuilt
         op.execute("DROP TABLE article_search")
         op.execute("DROP TABLE article_change_counter")
     op.drop_index("ix_articles_change_seq", table_name="articles")
