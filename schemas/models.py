@@ -247,6 +247,9 @@ class Article(Base):
     #: export leaves it out. Not a foreign key: removing the rule keeps the tombstone
     #: until the article is reprocessed.
     dropped_by: Mapped[int | None] = mapped_column(Integer)
+    #: A new value from the change sequence at every write readers can see
+    #: (``tasks/storage/changes.py``): what an API cursor follows.
+    change_seq: Mapped[int | None] = mapped_column(BigInteger)
 
     #: The article stage this article waits for (``schemas/pipeline.py``); ``done`` when finished.
     stage: Mapped[str] = mapped_column(String(16), default=FIRST_ARTICLE_STAGE)
@@ -268,6 +271,7 @@ class Article(Base):
         # article is a scan of the whole table (migration 0012); copies only, so it stays small.
         Index("ix_articles_duplicate_of", "duplicate_of",
               sqlite_where=_COPIES_ONLY, postgresql_where=_COPIES_ONLY),
+        Index("ix_articles_change_seq", "change_seq", "id"),
     )
 
 

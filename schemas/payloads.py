@@ -14,44 +14,6 @@ from datetime import datetime
 from typing import Any
 
 
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z, or None."""
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def article_object(article: Any, feed_url: str) -> dict[str, Any]:
-    """A stored article as it leaves feedmill: a line of ``feedmill export``, the ``data`` of a
-    webhook or stream event (``schemas.models.Article`` and its feed's URL)."""
-    return {
-        "id": article.id,
-        "feed_url": feed_url,
-        "guid": article.guid,
-        "url": article.url or article.link,
-        "title": article.title,
-        "author": article.author,
-        "published_at": iso(article.published_at),
-        "summary": article.summary,
-        "text": article.text,
-        "html": article.html,
-        "images": article.images or [],
-        "enclosures": article.enclosures or [],
-        "language": article.language,
-        "topics": [label for label, _score in (article.topics or [])],
-        "topic_scores": {label: score for label, score in (article.topics or [])},
-        "places": article.places or [],
-        "tags": article.tags or [],
-        "dropped_by": article.dropped_by,
-        "duplicate_of": article.duplicate_of,
-        "duplicate_reason": article.duplicate_reason,
-        "cluster_id": article.cluster_id,
-        "content_hash": article.content_hash,
-        "revision": article.revision,
-        "stage": article.stage,
-        "status": article.status,
-        "error": article.error,
-    }
-
-
 def chunked(values: Sequence[Any], size: int) -> list[list[Any]]:
     """Split ``values`` into lists of at most ``size``: batch messages, or SQL ``IN`` lists."""
     return [list(values[i : i + size]) for i in range(0, len(values), size)]

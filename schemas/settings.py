@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 
@@ -99,6 +99,8 @@ class Settings:
     redirect_threshold: int = 3
     #: FEEDMILL_WEBSUB_CALLBACK_URL: public base URL of `feedmill web`, for WebSub hubs to call.
     websub_callback_url: str = ""
+    #: FEEDMILL_API_TOKEN: when set, every /api route of `feedmill web` wants `Authorization: Bearer <it>`.
+    api_token: str = field(default="", repr=False)
     #: FEEDMILL_DISPATCH_EVERY: seconds between the scheduler's looks for due feeds.
     dispatch_every: float = 30.0
     #: FEEDMILL_LEASE_SECONDS: how long a claimed feed stays locked to one fetch.
@@ -174,6 +176,7 @@ class Settings:
             host_min_interval=float(env("FEEDMILL_HOST_MIN_INTERVAL") or cls.host_min_interval),
             redirect_threshold=int(env("FEEDMILL_REDIRECT_THRESHOLD") or cls.redirect_threshold),
             websub_callback_url=env("FEEDMILL_WEBSUB_CALLBACK_URL") or cls.websub_callback_url,
+            api_token=env("FEEDMILL_API_TOKEN") or cls.api_token,
             dispatch_every=float(env("FEEDMILL_DISPATCH_EVERY") or cls.dispatch_every),
             lease_seconds=int(env("FEEDMILL_LEASE_SECONDS") or cls.lease_seconds),
             batch_size=int(env("FEEDMILL_BATCH_SIZE") or cls.batch_size),

@@ -34,11 +34,12 @@ from standardwebhooks.webhooks import Webhook
 
 from schemas.db import session_scope
 from schemas.models import Subscription, utcnow
-from schemas.payloads import ArticleBatch, article_object, iso
+from schemas.payloads import ArticleBatch
 from schemas.settings import Settings, current_settings
 from tasks.base import StageTask, send
 from tasks.storage import deliveries as stored
 from tasks.storage.articles import Changes, run_article_stage
+from tasks.storage.reading import article_record, iso
 
 STAGE = "deliver"
 CREATED, UPDATED = "article.created", "article.updated"
@@ -55,7 +56,7 @@ SEND_BUDGET = 60.0
 
 def event_data(article: Any, feed_url: str) -> dict[str, Any]:
     """The article object an event carries: the export's fields without the pipeline's bookkeeping."""
-    data = article_object(article, feed_url)
+    data = article_record(article, feed_url)
     for name in INTERNAL_FIELDS:
         data.pop(name)
     return data

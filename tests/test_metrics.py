@@ -7,6 +7,7 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
+from fastapi.testclient import TestClient
 
 from schemas.pipeline import ARTICLE_STAGES
 from schemas.settings import Settings
@@ -26,11 +27,9 @@ def scrape_worker(port: int) -> dict[str, float]:
 
 
 def scrape_web(settings: Settings) -> dict[str, float]:
-    answer: list[str] = []
-    body = make_app(settings)({"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET"},
-                              lambda status, headers: answer.append(status))
-    assert answer == ["200 OK"]
-    return samples(b"".join(body).decode())
+    response = TestClient(make_app(settings)).get("/metrics")
+    assert response.status_code == 200
+    return samples(response.text)
 
 
 def test_worker_and_web_metrics_count_a_run(

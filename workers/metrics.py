@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from schemas.db import session_scope
@@ -81,8 +80,8 @@ def _gauge(name: str, documentation: str, labels: list[str], values: dict[tuple[
     return gauge
 
 
-def metrics_app(settings: Settings) -> Any:
-    """The WSGI app ``feedmill web`` serves at /metrics."""
+def pipeline_registry(settings: Settings) -> CollectorRegistry:
+    """The registry ``feedmill web`` serves at /metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(settings))
-    return make_wsgi_app(registry)
+    return registry

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from datetime import datetime
+
 from celery import Celery
 from kombu import Connection
 from sqlalchemy.engine import make_url
@@ -23,6 +25,7 @@ from schemas.settings import Settings
 from tasks.storage import deliveries as deliveries_storage
 from tasks.storage import service as service_storage
 from tasks.storage import status as storage
+from tasks.storage.reading import iso
 from workers.celery_app import celery_config
 
 #: Seconds to wait for workers to answer a ping, and for the broker or database to answer.
@@ -135,3 +138,14 @@ def pipeline_status(settings: Settings, app: Celery | None = None) -> dict[str, 
             subscriptions=deliveries_storage.delivery_counts(session, now),
         )
     return status
+
+
+def jsonable(value: Any) -> Any:
+    """``pipeline_status`` as JSON can carry it: its times in ISO 8601."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [jsonable(item) for item in value]
+    return value

@@ -26,6 +26,7 @@ from schemas.pipeline import DONE, article_position_after, positions_from
 from schemas.settings import Settings
 from tasks import metrics
 from tasks.failures import is_transient
+from tasks.storage import changes
 from tasks.storage.failures import record_failure
 
 log = logging.getLogger(__name__)
@@ -102,22 +103,25 @@ def _advanced(following: str, now: datetime) -> Changes:
 
 
 def _write_changes(session: Session, decided: dict[int, Changes]) -> dict[int, Exception]:
-    """Write every article's changes in one executemany under a savepoint. If the database
-    refuses that, write each under a savepoint of its own; return those it refused."""
+    """Write every article's changes, with this transaction's change value (the rows are
+    locked), in one executemany under a savepoint. If the database refuses that, write each
+    under a savepoint of its own; return those it refused."""
     if not decided:
         return {}
+    seq = changes.current(session)
+    decided = {article_id: {**article_changes, "change_seq": seq} for article_id, article_changes in decided.items()}
     try:
         with session.begin_nested():
-            session.execute(update(Article), [{"id": article_id, **changes} for article_id, changes in decided.items()])
+            session.execute(update(Article), [{"id": article_id, **values} for article_id, values in decided.items()])
         return {}
     except Exception as exc:
         if is_transient(exc):
             raise
     refused: dict[int, Exception] = {}
-    for article_id, changes in decided.items():
+    for article_id, values in decided.items():
         try:
             with session.begin_nested():
-                session.execute(update(Article), [{"id": article_id, **changes}])
+                session.execute(update(Article), [{"id": article_id, **values}])
         except Exception as exc:
             if is_transient(exc):
                 raise

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from schemas.models import PENDING, Article, MinhashBand, MinhashSignature
+from tasks.storage import changes
 
 #: LSH bands of a signature and values per band. Signature kinds (the ``shingle_words``
 #: column) 2 and 3 are MinHash signatures of a text's 2- and 3-word shingles.
@@ -156,16 +157,20 @@ def lock_decisions(session: Session) -> None:
 def repoint_cluster(session: Session, old: int, new: int, reason: str | None, now: datetime) -> int:
     """Name ``new`` the canonical article of cluster ``old``: every stored member gets it as
     ``cluster_id`` and ``duplicate_of`` (the old canonical with ``reason``), ``updated_at`` = now,
-    so readers of changes see them. Return how many articles changed."""
-    return session.execute(
+    so readers of changes see them, and a new change value (``changes.note``). Return how many
+    articles changed."""
+    moved = session.scalars(
         update(Article)
         .where(Article.cluster_id == old, Article.id != new)
         .values(
             cluster_id=new, duplicate_of=new, updated_at=now,
             duplicate_reason=case((Article.id == old, reason), else_=Article.duplicate_reason),
         )
+        .returning(Article.id)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ).all()
+    changes.note(session, moved)
+    return len(moved)
 
 
 def write_index(session: Session, signatures: Mapping[int, Mapping[int, np.ndarray]]) -> None:

@@ -15,6 +15,7 @@ from schemas.payloads import ParsedFeed, RawEntry
 from schemas.pipeline import FIRST_ARTICLE_STAGE
 from schemas.settings import Settings
 from tasks.schedule import http_hints
+from tasks.storage import changes
 from tasks.storage.feeds import finish_poll_of_feed
 from tasks.storage.retention import item_fingerprint
 
@@ -130,6 +131,7 @@ def insert_or_update(
             rows,
         )
     )
+    changes.note(session, new_ids)
     if len(new_ids) == len(rows):
         return sorted(new_ids), []  # all new: nothing stored to compare with
     by_key = {e.entry_key: e for e in entries}
@@ -159,6 +161,7 @@ def insert_or_update(
         article.stage, article.status, article.error = FIRST_ARTICLE_STAGE, PENDING, None
         article.updated_at = now
         changed_ids.append(article.id)
+    changes.note(session, changed_ids)
     return sorted(new_ids), sorted(changed_ids)
 
 

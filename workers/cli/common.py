@@ -7,9 +7,9 @@ from sqlalchemy.orm import Session
 
 from schemas.db import migrate
 from schemas.models import Feed
-from schemas.payloads import iso  # noqa: F401 - the commands' one way to print a time
 from schemas.settings import Settings, current_settings
 from tasks.storage.feeds import feed_by_url
+from tasks.storage.reading import iso  # noqa: F401  (the commands' one date format)
 
 
 def migrated_settings() -> Settings:

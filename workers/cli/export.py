@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 import click
-from sqlalchemy import func, select, true
 
 from schemas.db import session_scope
-from schemas.models import Article, Feed
-from schemas.payloads import article_object
+from tasks.storage.reading import article_record, export_count, export_rows
 from workers.cli.common import migrated_settings
 
 
@@ -22,19 +20,16 @@ from workers.cli.common import migrated_settings
 def export(fmt: str, output: str | None, include_dropped: bool) -> None:
     """Export stored articles, one JSON object per line."""
     settings = migrated_settings()
-    shown = true() if include_dropped else Article.dropped_by.is_(None)
     out: TextIO = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
         with session_scope(settings) as session:
-            total = session.scalar(select(func.count()).select_from(Article).where(shown)) or 0
-            rows = session.execute(
-                select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(shown).order_by(Article.id)
-            ).yield_per(500)
+            total = export_count(session, include_dropped)
+            rows = export_rows(session, include_dropped)
             with click.progressbar(
                 rows, length=total, label="exporting", file=sys.stderr, hidden=not (output and sys.stderr.isatty())
             ) as bar:
                 for article, feed_url in bar:
-                    out.write(json.dumps(article_object(article, feed_url), ensure_ascii=False) + "\n")
+                    out.write(json.dumps(article_record(article, feed_url), ensure_ascii=False) + "\n")
     finally:
         if output:
             out.close()

@@ -20,6 +20,7 @@ from tasks.fulltext import FULL_TEXT_MODES
 from tasks.links import BadFeedUrl, feed_url_key, safe_link
 from tasks.storage.retention import delete_articles, delete_in_batches, feed_article_ids
 from tasks.storage.failures import FailureFilter, open_failures
+from tasks.storage.reading import feed_record, feed_records
 from workers.cli.common import find_feed, iso, migrated_settings
 from workers.scheduler import claim_feeds, enqueue_fetches
 
@@ -221,38 +222,6 @@ def feeds_export() -> None:
     click.echo(ET.tostring(opml, encoding="unicode"))
 
 
-def _feed_record(feed: Feed, last_poll: Poll | None) -> dict[str, Any]:
-    return {
-        "id": feed.id,
-        "url": feed.url,
-        "title": feed.title,
-        "site_url": feed.site_url,
-        "tags": feed.tags or [],
-        "status": feed.status,
-        "status_reason": feed.status_reason,
-        "last_polled_at": iso(feed.last_polled_at),
-        "last_status_code": feed.last_status_code,
-        "last_result": last_poll.status if last_poll else None,
-        "last_error": feed.last_error,
-        "consecutive_errors": feed.consecutive_errors,
-        "next_poll_at": iso(feed.next_poll_at),
-        "next_poll_reason": feed.next_poll_reason,
-        "interval_override": feed.interval_override,
-        "full_text": feed.full_text,
-        "retention": feed.retention,
-        "schedule_hints": feed.schedule_hints,
-        "etag": feed.etag,
-        "last_modified": feed.last_modified,
-        "websub": {
-            "wanted": feed.websub_wanted,
-            "hub": feed.websub_hub,
-            "topic": feed.websub_topic,
-            "state": feed.websub_state,
-            "expires_at": iso(feed.websub_expires_at),
-        },
-    }
-
-
 def _poll_record(poll: Poll) -> dict[str, Any]:
     return {
         "id": poll.id,
@@ -267,11 +236,6 @@ def _poll_record(poll: Poll) -> dict[str, Any]:
         "updated_entries": poll.updated_entries,
         "error": poll.error,
     }
-
-
-def _latest_polls(session: Session, feed_ids: list[int]) -> dict[int, Poll]:
-    latest = select(func.max(Poll.id)).where(Poll.feed_id.in_(feed_ids), Poll.kind == "poll").group_by(Poll.feed_id)
-    return {poll.feed_id: poll for poll in session.scalars(select(Poll).where(Poll.id.in_(latest)))}
 
 
 def _describe(r: dict[str, Any]) -> str:
@@ -294,9 +258,7 @@ def _describe(r: dict[str, Any]) -> str:
 def feeds_list(as_json: bool) -> None:
     """List feeds: last poll and its result, next poll and why."""
     with session_scope(migrated_settings()) as session:
-        feeds_ = session.scalars(select(Feed).order_by(Feed.id)).all()
-        latest = _latest_polls(session, [feed.id for feed in feeds_])
-        records = [_feed_record(feed, latest.get(feed.id)) for feed in feeds_]
+        records = feed_records(session)
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
@@ -317,7 +279,7 @@ def feeds_show(url: str, history: int, as_json: bool) -> None:
         feed = find_feed(session, url)
         polls = session.scalars(select(Poll).where(Poll.feed_id == feed.id).order_by(Poll.id.desc()).limit(history)).all()
         last_poll = next((poll for poll in polls if poll.kind == "poll"), None)
-        record = _feed_record(feed, last_poll) | {"history": [_poll_record(poll) for poll in polls]}
+        record = feed_record(feed, last_poll) | {"history": [_poll_record(poll) for poll in polls]}
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return

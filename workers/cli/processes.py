@@ -57,7 +57,7 @@ def scheduler(loglevel: str) -> None:
 @click.option("--once", is_flag=True, help="Poll every feed once, wait for all stages, print a summary, exit.")
 @click.option("--no-workers", is_flag=True, help="Workers run elsewhere; start none here.")
 @click.option("--concurrency", "-c", type=int, help="Worker processes to start (default: one per core).")
-@click.option("--web-port", type=int, help="Also serve the web endpoint (WebSub, /metrics, /healthz) on this port.")
+@click.option("--web-port", type=int, help="Also serve the web endpoint (read API, WebSub, /metrics, /healthz) on this port.")
 @click.option("--web-host", default="127.0.0.1", show_default=True, help="Address the web endpoint listens on.")
 @click.option("--timeout", default=1800.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="With --once: seconds to wait for all work.")
@@ -210,9 +210,12 @@ FAILED_ARTICLES_SHOWN = 20
               help="Address to listen on; 0.0.0.0 for every interface (behind a proxy or in a container).")
 @click.option("--port", default=8080, show_default=True, type=int)
 def web(host: str, port: int) -> None:
-    """Serve the HTTP endpoint: WebSub callbacks, /metrics and /healthz."""
+    """Serve the HTTP endpoint: the read API (/api/v1), WebSub callbacks, /metrics and /healthz."""
     settings = migrated_settings()
     if not settings.websub_callback_url:
         click.echo("note: FEEDMILL_WEBSUB_CALLBACK_URL is not set, so no hub can be asked to call this endpoint", err=True)
-    click.echo(f"serving WebSub callbacks on http://{host}:{port}/websub/<feed id>", err=True)
+    if not settings.api_token:
+        click.echo("note: FEEDMILL_API_TOKEN is not set, so /api answers anyone who can reach this port", err=True)
+    click.echo(f"serving the read API on http://{host}:{port}/api/v1 (OpenAPI: /api/v1/openapi.json) "
+               f"and WebSub callbacks on http://{host}:{port}/websub/<feed id>", err=True)
     serve(settings, host, port)

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
-from typing import Any
 
 import click
 
 from schemas.settings import current_settings
 from workers.celery_app import app
 from workers.cli.common import iso, migrated_settings
-from workers.status import check_broker, check_database, pipeline_status
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    return value
+from workers.status import check_broker, check_database, jsonable, pipeline_status
 
 
 def _ago(seconds: float) -> str:
@@ -42,7 +30,7 @@ def status(as_json: bool) -> None:
     """Queues, live workers, articles per stage, the last hour, feeds in trouble, the oldest stuck item."""
     s = pipeline_status(migrated_settings(), app)
     if as_json:
-        click.echo(json.dumps(_jsonable(s), indent=2))
+        click.echo(json.dumps(jsonable(s), indent=2))
         return
     lines = [f"database {s['database']}; broker {s['broker']}"]
     if s["broker_error"]:
