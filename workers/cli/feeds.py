@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from schemas.db import session_scope
 from schemas.models import RETAIN_FOREVER, Poll, utcnow
 from schemas.settings import Settings, duration_seconds, duration_text, retention_seconds
+from tasks.base import announce_changed
 from tasks.discover import Probe, probe
 from tasks.fulltext import FULL_TEXT_MODES
 from tasks.links import BadFeedUrl, feed_url_key, safe_link
@@ -423,12 +424,14 @@ def feeds_remove(urls: tuple[str, ...], yes: bool) -> None:
                f"and {len(failures)} open failure(s)")
     if not yes:
         click.confirm(f"delete {len(ids)} feed(s) and everything stored from them?", abort=True, err=True)
-    _, repointed = delete_in_batches(settings, articles, utcnow(), tombstones=False)
+    _, changed = delete_in_batches(settings, articles, utcnow(), tombstones=False)
     with session_scope(settings) as session:
         # Articles stored since the count above go with the feed: the same deletion, in this transaction.
         _, late = delete_articles(session, feed_article_ids(session, ids), utcnow(), tombstones=False)
         delete_feeds(session, ids, failures)
-    repointed += late
+    changed += late
+    announce_changed(changed)
+    repointed = len(changed)
     click.echo(f"removed {len(ids)} feed(s), {len(articles)} article(s) and {polls} poll(s)"
                + (f"; {repointed} article(s) in other feeds re-pointed to their story's earliest published copy left"
                   if repointed else ""))
