@@ -282,6 +282,20 @@ def processes_in(directory: Path) -> list[int]:
     return found
 
 
+def test_run_once_waits_for_a_poll_already_under_way(sqlite_settings: Settings, publisher: Publisher) -> None:
+    """`feeds poll` with no worker running leaves a queued poll holding the feed's lease: the next
+    `run --once` takes that poll into its round (it used to skip the feed and exit 0 at once)."""
+    settings = sqlite_settings
+    seed = publisher.add("/seed.xml", (EXAMPLES / "seed-news.xml").read_bytes())
+    ok(feedmill(settings, "feeds", "add", seed))
+    assert "enqueued 1 fetch(es)" in ok(feedmill(settings, "feeds", "poll", seed))
+    round_ = feedmill(settings, "run", "--once", "--json", "--timeout", "60")
+    assert round_.returncode == 0, round_.stdout + round_.stderr
+    summary = json.loads(round_.stdout)
+    assert summary["feeds_skipped"] == 0 and summary["articles_new"] == 2 and summary["articles_done"] == 2
+    assert publisher.hits("/seed.xml") == 2  # `feeds add` looked at it once, then one fetch
+
+
 def test_run_once_tells_what_happened_and_exits_accordingly(
     postgres_settings: Settings, postgres_url: str, publisher: Publisher
 ) -> None:

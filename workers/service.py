@@ -389,15 +389,19 @@ def run_once(
 ) -> RoundSummary:
     """Poll every active feed once and wait until nothing more can progress: every poll finished
     and every article through every stage, a dead letter (a message that failed for good) counting
-    as finished with a failure. ``supervisor`` (the round's own workers) is kept running meanwhile.
-    Raises RoundTimeout, with the summary so far, after ``timeout`` s."""
+    as finished with a failure. A poll already under way (``feeds poll``, a round cut short, a
+    service's) is waited for instead of a new one. ``supervisor`` (the round's own workers) is
+    kept running meanwhile. Raises RoundTimeout, with the summary so far, after ``timeout`` s."""
     started, round_start = time.monotonic(), utcnow()
     summary = RoundSummary(requeued=requeue_unfinished(settings))
     poll_ids = claim_feeds(settings, due_only=False, limit=1_000_000)
     with session_scope(settings) as session:
         active = active_feed_count(session)
-    summary.skipped_feeds = active - len(poll_ids)
+        claimed = set(poll_ids)
+        under_way = [poll_id for poll_id in service_storage.polls_under_way(session, round_start) if poll_id not in claimed]
+    summary.skipped_feeds = max(0, active - len(poll_ids) - len(under_way))
     enqueue_fetches(poll_ids)
+    poll_ids = sorted(poll_ids + under_way)
     round_ = Round(settings, poll_ids, round_start)
     last_change, last_seen = time.monotonic(), None
     try:

@@ -71,6 +71,19 @@ def unfinished_work(
     return work
 
 
+def polls_under_way(session: Session, now: datetime) -> list[int]:
+    """The latest poll queued or fetched (not yet parsed) of each feed whose lease is held: work a
+    round of ``run --once`` finds under way (a ``feeds poll`` nothing has fetched yet, a round cut
+    short, a service's workers) and waits for instead of skipping the feed."""
+    latest = (
+        select(func.max(Poll.id))
+        .join(Feed, Feed.id == Poll.feed_id)
+        .where(Poll.status.in_([POLL_QUEUED, POLL_FETCHED]), Feed.lease_until > now)
+        .group_by(Poll.feed_id)
+    )
+    return sorted(session.scalars(latest))
+
+
 def stages_with_work(session: Session, older_than: float) -> list[str]:
     """The recoverable stages that have work nothing touched for ``older_than`` s (one cheap probe each)."""
     cutoff = utcnow() - timedelta(seconds=older_than)
