@@ -106,6 +106,9 @@ DENSITY_SCALE = 6.0
 # words) and its density is at least MIN_SHARE_OF_BEST of the best topic's.
 MIN_TOPIC_SCORE = 0.25
 MIN_SHARE_OF_BEST = 0.3
+# An article of at least this many words (title and text) always gets its best topic, however
+# weak, with its score as the confidence: only shorter or empty ones may have no topic.
+MIN_WORDS_FOR_BEST_TOPIC = 5
 
 _NOT_LETTERS = re.compile(r"[\W\d_]+")
 
@@ -292,19 +295,22 @@ def weigh_topics(title: str, text: str) -> list[TopicEvidence]:
     A topic's evidence is its summed term weights per 100 words, so articles
     of different lengths compare; the score saturates with it. A topic is
     kept if its evidence is a fair share of the best topic's and its score
-    reaches an absolute minimum. Each term weight is already title-boosted and
-    log-damped (see _topic_evidence).
+    reaches an absolute minimum; the best topic of an article of at least
+    MIN_WORDS_FOR_BEST_TOPIC words is kept whatever its score. Each term weight
+    is already title-boosted and log-damped (see _topic_evidence).
     """
     evidence, words = _topic_evidence(title, text)
     per_100_words = 100.0 / max(words, MIN_WORDS_FOR_DENSITY)
     density = {topic: sum(terms.values()) * per_100_words for topic, terms in evidence.items()}
     best = max(density.values(), default=0.0)
     weighed = []
-    for topic, value in sorted(density.items(), key=lambda item: (-item[1], item[0])):
+    for rank, (topic, value) in enumerate(sorted(density.items(), key=lambda item: (-item[1], item[0]))):
         score = round(1.0 - math.exp(-value / DENSITY_SCALE), 4)
         terms = sorted(((term, round(w, 3)) for term, w in evidence[topic].items()),
                        key=lambda item: (-item[1], item[0]))
-        kept = value >= MIN_SHARE_OF_BEST * best and score >= MIN_TOPIC_SCORE
+        kept = (value >= MIN_SHARE_OF_BEST * best and score >= MIN_TOPIC_SCORE) or (
+            rank == 0 and words >= MIN_WORDS_FOR_BEST_TOPIC
+        )
         weighed.append(TopicEvidence(topic, score, kept, tuple(terms)))
     return weighed
 
