@@ -8,8 +8,10 @@ process, on first use, and kept (``functools.cache``); a worker that consumes
 the classify queue loads them before forking its pool (``load_models``).
 
 * Language: py3langid, whose model ships inside the package.
-* Topics: a hand-written weighted lexicon (``data/topics_lexicon.tsv``)
-  matched in one Aho-Corasick pass over the lowercased title and text; or,
+* Topics: a hand-written weighted lexicon (``data/topics_lexicon.tsv``) and,
+  at a lower weight, a broad vocabulary generated from WordNet
+  (``data/topics_wordnet.tsv``), matched in one Aho-Corasick pass over the
+  lowercased title and text; or,
   when one is active, the operator's trained model (``classify_model``),
   which then replaces the lexicon for topics.
 * Places: a country gazetteer (``data/places_gazetteer.tsv``) matched in one
@@ -56,6 +58,7 @@ from tasks.storage.rules import all_rules
 STAGE = stage_named("classify").name
 DATA_DIR = Path(__file__).parent / "data"
 TOPICS_FILE = DATA_DIR / "topics_lexicon.tsv"
+BROAD_TOPICS_FILE = DATA_DIR / "topics_wordnet.tsv"
 PLACES_FILE = DATA_DIR / "places_gazetteer.tsv"
 
 # The 17 top-level IPTC Media Topics.
@@ -106,6 +109,9 @@ DENSITY_SCALE = 6.0
 # words) and its density is at least MIN_SHARE_OF_BEST of the best topic's.
 MIN_TOPIC_SCORE = 0.25
 MIN_SHARE_OF_BEST = 0.3
+# The weight of a term of the broad vocabulary (data/topics_wordnet.tsv, generated from WordNet):
+# below the hand-written lexicon's least (1), so it decides only what the lexicon leaves open.
+BROAD_TERM_WEIGHT = 0.5
 # An article of at least this many words (title and text) always gets its best topic, however
 # weak, with its score as the confidence: only shorter or empty ones may have no topic.
 MIN_WORDS_FOR_BEST_TOPIC = 5
@@ -153,7 +159,8 @@ def _language_identifier() -> LanguageIdentifier:
 
 @cache
 def _topic_automaton() -> ahocorasick.Automaton:
-    """Lexicon terms -> (length, ((topic, weight, term, is_prefix), ...))."""
+    """Lexicon terms -> (length, ((topic, weight, term, is_prefix), ...)): the hand-written
+    lexicon, then the broad vocabulary's terms that the lexicon does not have (in any form)."""
     entries: dict[str, list[tuple[str, float, str, bool]]] = defaultdict(list)
     for lineno, cols in _read_tsv(TOPICS_FILE):
         topic, term, weight = cols
@@ -163,6 +170,10 @@ def _topic_automaton() -> ahocorasick.Automaton:
         if any(entry[0] == topic for entry in entries[key]):
             raise ValueError(f"{TOPICS_FILE.name}:{lineno}: {term!r} twice under {topic}")
         entries[key].append((topic, float(weight), term, term.endswith("*")))
+    written = set(entries)
+    for _lineno, (topic, term) in _read_tsv(BROAD_TOPICS_FILE):
+        if not {term, term + "s", term.removesuffix("s")} & written:
+            entries[term].append((topic, BROAD_TERM_WEIGHT, term, False))
     automaton = ahocorasick.Automaton()
     for key, values in entries.items():
         automaton.add_word(key, (len(key), tuple(values)))
