@@ -8,8 +8,9 @@ downloaded or needed at run time. For each IPTC topic below, a few WordNet synse
 are the seeds; a topic's synsets are the seeds, all their hyponyms (instances too)
 and the words WordNet files under a seed as their topic domain ("-c" pointers).
 A word is written under a topic when its most frequent sense (WordNet's first) is
-one of that topic's synsets and it belongs to no other topic: "bank" as the river
-bank is its less common sense, "growth" is too general. tasks/classify.py skips a
+one of that topic's synsets, it is not used more often as another part of speech
+(WordNet's sense-tagged counts: "let" is mostly a verb) and it belongs to no other
+topic: "bank" as the river bank is its less common sense. tasks/classify.py skips a
 term that the hand-written lexicon already has, and gives these terms a low weight.
 
 WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. Used under
@@ -151,6 +152,17 @@ def first_senses(folder: Path) -> dict[tuple[str, str], str]:
     return first
 
 
+def tagged_counts(folder: Path) -> dict[tuple[str, str], int]:
+    """(pos, word) -> how often WordNet's sense-tagged texts used the word in that part of speech."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    with (folder / "cntlist.rev").open(encoding="latin-1") as lines:
+        for line in lines:
+            sense_key, _number, count = line.split()
+            lemma, _, rest = sense_key.partition("%")
+            counts["nvara"[int(rest[0]) - 1], lemma] += int(count)  # 1-5: noun, verb, adjective, adverb, satellite
+    return counts
+
+
 def topic_synsets(synsets, seeds: tuple[str, ...]) -> set[tuple[str, str]]:
     """The seeds, their hyponyms and instances (recursively), and the members of their domains."""
     found: set[tuple[str, str]] = set()
@@ -169,12 +181,13 @@ def topic_synsets(synsets, seeds: tuple[str, ...]) -> set[tuple[str, str]]:
 
 
 def terms(folder: Path) -> list[tuple[str, str]]:
-    synsets, first = read_synsets(folder), first_senses(folder)
+    synsets, first, counts = read_synsets(folder), first_senses(folder), tagged_counts(folder)
     owners: dict[str, set[str]] = defaultdict(set)
     for topic, seeds in SEEDS.items():
         for pos, offset in topic_synsets(synsets, seeds):
             for word in synsets[pos, offset][0]:
-                if first.get((pos, word)) == offset:
+                mostly_other_pos = any(counts[other, word] > counts[pos, word] for other in "nvar" if other != pos)
+                if first.get((pos, word)) == offset and not mostly_other_pos:
                     owners[word.replace("_", " ")].add(topic)
     return sorted(
         (topics.pop(), word) for word, topics in owners.items()

@@ -115,6 +115,10 @@ BROAD_TERM_WEIGHT = 0.5
 # An article of at least this many words (title and text) always gets its best topic, however
 # weak, with its score as the confidence: only shorter or empty ones may have no topic.
 MIN_WORDS_FOR_BEST_TOPIC = 5
+# When not one term matches such an article, its topic is the commonest of general news, with
+# this score: a guess, and the confidence says so.
+FALLBACK_TOPIC = "politics"
+FALLBACK_SCORE = 0.05
 
 _NOT_LETTERS = re.compile(r"[\W\d_]+")
 
@@ -307,12 +311,15 @@ def weigh_topics(title: str, text: str) -> list[TopicEvidence]:
     of different lengths compare; the score saturates with it. A topic is
     kept if its evidence is a fair share of the best topic's and its score
     reaches an absolute minimum; the best topic of an article of at least
-    MIN_WORDS_FOR_BEST_TOPIC words is kept whatever its score. Each term weight
+    MIN_WORDS_FOR_BEST_TOPIC words is kept whatever its score (FALLBACK_TOPIC
+    when no term matched at all). Each term weight
     is already title-boosted and log-damped (see _topic_evidence).
     """
     evidence, words = _topic_evidence(title, text)
     per_100_words = 100.0 / max(words, MIN_WORDS_FOR_DENSITY)
     density = {topic: sum(terms.values()) * per_100_words for topic, terms in evidence.items()}
+    if not density and words >= MIN_WORDS_FOR_BEST_TOPIC:
+        return [TopicEvidence(FALLBACK_TOPIC, FALLBACK_SCORE, True, ())]
     best = max(density.values(), default=0.0)
     weighed = []
     for rank, (topic, value) in enumerate(sorted(density.items(), key=lambda item: (-item[1], item[0]))):
