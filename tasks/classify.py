@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -121,6 +122,8 @@ FALLBACK_TOPIC = "politics"
 FALLBACK_SCORE = 0.05
 
 _NOT_LETTERS = re.compile(r"[\W\d_]+")
+#: A word, for MIN_WORDS_FOR_BEST_TOPIC: a run of letters.
+_WORD = re.compile(r"[^\W\d_]+")
 
 
 class Match(NamedTuple):
@@ -303,6 +306,11 @@ def _topic_evidence(title: str, text: str) -> tuple[dict[str, Counter], int]:
     return evidence, len(haystack.split())
 
 
+def _has_words(text: str, count: int) -> bool:
+    """Whether ``text`` has at least ``count`` words (runs of letters); reads only as far as that."""
+    return sum(1 for _ in islice(_WORD.finditer(text), count)) == count
+
+
 def weigh_topics(title: str, text: str) -> list[TopicEvidence]:
     """Every topic with lexicon evidence, strongest first: score, kept or not, and the
     matched terms with the weight each added.
@@ -318,7 +326,8 @@ def weigh_topics(title: str, text: str) -> list[TopicEvidence]:
     evidence, words = _topic_evidence(title, text)
     per_100_words = 100.0 / max(words, MIN_WORDS_FOR_DENSITY)
     density = {topic: sum(terms.values()) * per_100_words for topic, terms in evidence.items()}
-    if not density and words >= MIN_WORDS_FOR_BEST_TOPIC:
+    enough_words = _has_words(f"{title}\n{text}", MIN_WORDS_FOR_BEST_TOPIC)
+    if not density and enough_words:
         return [TopicEvidence(FALLBACK_TOPIC, FALLBACK_SCORE, True, ())]
     best = max(density.values(), default=0.0)
     weighed = []
@@ -327,7 +336,7 @@ def weigh_topics(title: str, text: str) -> list[TopicEvidence]:
         terms = sorted(((term, round(w, 3)) for term, w in evidence[topic].items()),
                        key=lambda item: (-item[1], item[0]))
         kept = (value >= MIN_SHARE_OF_BEST * best and score >= MIN_TOPIC_SCORE) or (
-            rank == 0 and words >= MIN_WORDS_FOR_BEST_TOPIC
+            rank == 0 and enough_words
         )
         weighed.append(TopicEvidence(topic, score, kept, tuple(terms)))
     return weighed
