@@ -115,6 +115,8 @@ SEEDS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: Shorter words are mostly abbreviations ("rom", "tat") and would match inside many others.
+MIN_LETTERS = 4
 _MARKER = re.compile(r"\([a-z]+\)$")  # adjective markers such as "(a)"
 
 
@@ -191,7 +193,7 @@ def terms(folder: Path) -> list[tuple[str, str]]:
                     owners[word.replace("_", " ")].add(topic)
     return sorted(
         (topics.pop(), word) for word, topics in owners.items()
-        if len(topics) == 1 and len(word) >= 3 and not any(c.isdigit() for c in word)
+        if len(topics) == 1 and len(word) >= MIN_LETTERS and not any(c.isdigit() for c in word)
     )
 
 
