@@ -333,7 +333,7 @@ def inline_child() -> dict:
         entries += len(ids)
         for batch in chunked(ids, settings.batch_size):
             ready = timed("clean", len(batch), run_clean, settings, batch).ready
-            ready = timed("dedupe", len(ready), run_dedupe, settings, ready)
+            ready = timed("dedupe", len(ready), run_dedupe, settings, ready).ready
             ready = timed("classify", len(ready), run_classify, settings, ready)
             timed("deliver", len(ready), run_deliver, settings, ready)
     seconds = time.perf_counter() - started

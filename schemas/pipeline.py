@@ -34,6 +34,9 @@ class Stage:
     successor: str | None = None
     #: An operator can send stored articles back to it (``reprocess``, ``requeue article``).
     reprocessable: bool = False
+    #: It only announces a finished article (events to subscribers) and changes nothing a reader
+    #: sees: its writes take no change value, and articles waiting for it are already readable.
+    announces: bool = False
 
     @property
     def for_articles(self) -> bool:
@@ -52,7 +55,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("dedupe", "dedupe", "feedmill.dedupe", "tasks.dedupe", ARTICLES, successor="classify", reprocessable=True),
     Stage("classify", "classify", "feedmill.classify", "tasks.classify", ARTICLES, successor="deliver",
           reprocessable=True),
-    Stage("deliver", "deliver", "feedmill.deliver", "tasks.deliver", ARTICLES),
+    Stage("deliver", "deliver", "feedmill.deliver", "tasks.deliver", ARTICLES, announces=True),
     Stage("send", "deliver", "feedmill.send", "tasks.deliver", SUBSCRIPTION),
     Stage("deliver_due", "deliver", "feedmill.deliver_due", "tasks.deliver", NOTHING),
 )
@@ -73,6 +76,12 @@ DONE = "done"
 ARTICLE_POSITIONS: tuple[str, ...] = (*ARTICLE_STAGES, DONE)
 #: The first stage an article waits for when parse stores it.
 FIRST_ARTICLE_STAGE = ARTICLE_STAGES[0]
+#: The first article stage that only announces. A finished article that a later write changes
+#: (a dedupe re-pointing its cluster, a prune naming a new canonical) goes back to it, so that
+#: subscribers hear of the change (an ``article.updated`` event).
+ANNOUNCE_STAGE = next(stage.name for stage in STAGES if stage.for_articles and stage.announces)
+#: ``articles.stage`` values of the articles readers see: past every stage that changes them.
+READABLE_POSITIONS: tuple[str, ...] = ARTICLE_POSITIONS[ARTICLE_POSITIONS.index(ANNOUNCE_STAGE):]
 #: The stages ``reprocess`` and ``requeue article`` may restart from.
 REPROCESS_STAGES: tuple[str, ...] = tuple(stage.name for stage in STAGES if stage.reprocessable)
 
@@ -127,6 +136,9 @@ def _check(stages: tuple[Stage, ...]) -> None:
             successor = BY_NAME[stage.successor]
             assert stage.message != ARTICLES or successor.for_articles, f"{stage.name} hands articles to {successor.name}"
     assert DONE not in names
+    article_stages = [stage for stage in stages if stage.for_articles]
+    first = next(i for i, stage in enumerate(article_stages) if stage.announces)
+    assert all(stage.announces for stage in article_stages[first:]), "announcing stages come last"
 
 
 _check(STAGES)

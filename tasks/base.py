@@ -20,7 +20,7 @@ from celery import Task, current_app
 from celery.utils.time import get_exponential_backoff_interval
 
 from schemas.payloads import ArticleBatch, chunked
-from schemas.pipeline import stage_named, stage_of_task
+from schemas.pipeline import ANNOUNCE_STAGE, stage_named, stage_of_task
 from schemas.settings import current_settings
 from tasks import metrics
 from tasks.failures import is_transient
@@ -96,6 +96,13 @@ def send_articles(stage: str, article_ids: Sequence[int]) -> int:
     for batch in batches:
         send(stage, ArticleBatch(tuple(batch)).to_message())
     return len(batches)
+
+
+def announce_changed(article_ids: Sequence[int]) -> None:
+    """Send articles a write changed after they were finished (``tasks.storage.articles.reopened``
+    put them back) to the announcing stage, so that subscribers hear of the change; the stage
+    passes over those not waiting for it."""
+    send_articles(ANNOUNCE_STAGE, article_ids)
 
 
 def hand_on_articles(stage: str, article_ids: Sequence[int]) -> None:

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -45,7 +45,7 @@ from schemas.models import Article, utcnow
 from schemas.payloads import ArticleBatch
 from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask, hand_on_articles
+from tasks.base import StageTask, announce_changed, hand_on_articles
 from tasks.storage import clusters
 from tasks.storage.articles import Changes, article_rows, run_article_stage
 from tasks.storage.clusters import BANDS, LEAD, LEAD_BANDS, ROWS, band_keys
@@ -430,8 +430,8 @@ class DedupeBatch:
         self.reissue_window = timedelta(days=settings.dedupe_reissue_days)
         self.fingerprinted = fingerprinted
         self.decisions: dict[int, Decision] = {}
-        #: How many stored articles outside the batch a re-pointing changed.
-        self.repointed = 0
+        #: Stored articles a re-pointing changed (finished ones wait to be announced again).
+        self.changed: list[int] = []
 
     def _fingerprints(self, session: Session, rows: Sequence[Row[Any]]) -> dict[int, Fingerprint]:
         """Each article's fingerprint: the one computed ahead unless the article was written since."""
@@ -471,7 +471,7 @@ class DedupeBatch:
                 lookup_keys(fp, article.url),
             )
         for repoint in repoints:  # in order: a cluster re-pointed twice in a batch ends at the last
-            self.repointed += clusters.repoint_cluster(session, repoint.old, repoint.new, repoint.reason, now)
+            self.changed += clusters.repoint_cluster(session, repoint.old, repoint.new, repoint.reason, now)
         clusters.write_index(session, {article_id: fp.signatures for article_id, fp in fps.items()})
 
     def _load_candidates(
@@ -541,8 +541,15 @@ class DedupeBatch:
         return changes
 
 
-def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
-    """Dedupe a batch; return the ids ready for classify.
+class Deduped(NamedTuple):
+    #: The batch's articles ready for classify.
+    ready: list[int]
+    #: Stored articles outside the batch that it re-pointed at an earlier published copy.
+    changed: list[int]
+
+
+def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> Deduped:
+    """Dedupe a batch; return the ids ready for classify and those of stored articles it changed.
 
     The fingerprints are computed between a read transaction and the writing one: on
     SQLite every transaction holds the one write lock, and on PostgreSQL the dedupe
@@ -552,9 +559,12 @@ def run_dedupe(settings: Settings, article_ids: Sequence[int]) -> list[int]:
         texts = article_rows(session, article_ids, (Article.text, Article.updated_at), waiting_for=STAGE)
     fingerprinted = {article_id: (updated_at, fingerprint(body or "")) for article_id, body, updated_at in texts}
     batch = DedupeBatch(settings, fingerprinted)
-    return run_article_stage(settings, STAGE, article_ids, batch.columns, batch.decide, prepare=batch.prepare)
+    ready = run_article_stage(settings, STAGE, article_ids, batch.columns, batch.decide, prepare=batch.prepare)
+    return Deduped(ready, sorted(set(batch.changed) - set(article_ids)))
 
 
 @shared_task(base=StageTask, name="feedmill.dedupe")
 def dedupe_task(message: dict) -> None:
-    hand_on_articles(STAGE, run_dedupe(current_settings(), ArticleBatch.from_message(message).article_ids))
+    deduped = run_dedupe(current_settings(), ArticleBatch.from_message(message).article_ids)
+    hand_on_articles(STAGE, deduped.ready)
+    announce_changed(deduped.changed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from celery import shared_task
@@ -20,7 +20,7 @@ from celery import shared_task
 from schemas.db import session_scope
 from schemas.models import RETAIN_FOREVER, utcnow
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask
+from tasks.base import StageTask, announce_changed
 from tasks.storage import retention as stored
 from tasks.storage.failures import purge_failures
 
@@ -79,18 +79,22 @@ class FeedPrune:
 class PruneReport:
     feeds: list[FeedPrune]
     dry_run: bool
-    #: Articles of other feeds re-pointed at a surviving canonical copy.
+    #: Surviving articles re-pointed at their cluster's new canonical copy (and those copies).
     repointed: int = 0
     tombstones_expired: int = 0
     polls_deleted: int = 0
     failures_deleted: int = 0
+    #: Their ids: finished ones wait in the announcing stage (``announce_changed`` sends them).
+    changed: list[int] = field(default_factory=list, repr=False)
 
     @property
     def removed(self) -> int:
         return sum(feed.removed for feed in self.feeds)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"removed": self.removed}
+        report = asdict(self) | {"removed": self.removed}
+        del report["changed"]
+        return report
 
 
 def run_prune(
@@ -121,7 +125,8 @@ def run_prune(
     if dry_run:
         return report
     doomed = [article_id for _, ids in plans for article_id in ids]
-    _, report.repointed = stored.delete_in_batches(settings, doomed, now, tombstones=True)
+    _, report.changed = stored.delete_in_batches(settings, doomed, now, tombstones=True)
+    report.repointed = len(report.changed)
     with session_scope(settings) as session:
         report.tombstones_expired = stored.expire_tombstones(session, now - timedelta(seconds=settings.tombstone_grace))
     return report
@@ -144,6 +149,7 @@ def run_periodic_prune(settings: Settings, now: datetime | None = None) -> Prune
 def prune_task() -> dict:
     """Periodic (celery beat, every FEEDMILL_PRUNE_EVERY s): apply the retention policy."""
     report = run_periodic_prune(current_settings())
+    announce_changed(report.changed)
     if report.removed or report.polls_deleted or report.failures_deleted:
         log.info("pruned %d article(s) of %d feed(s), %d poll(s), %d dead letter(s)", report.removed,
                  sum(1 for feed in report.feeds if feed.removed), report.polls_deleted, report.failures_deleted)

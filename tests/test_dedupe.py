@@ -253,7 +253,7 @@ def test_same_url_or_same_text_elsewhere_links_to_the_first_seen(settings: Setti
     by_url = add_article(settings, b, "A different teaser for the same page, long enough to count as a text.", url="https://news.example/story-1")
     by_text = add_article(settings, c, text.upper(), url="https://other.example/s1")
     other = add_article(settings, c, story(150), url="https://other.example/s2")
-    assert run_dedupe(settings, [first, by_url, by_text, other]) == [first, by_url, by_text, other]
+    assert run_dedupe(settings, [first, by_url, by_text, other]).ready == [first, by_url, by_text, other]
     assert rows(settings, first, by_url, by_text, other) == [
         (None, first, None), (first, first, URL), (first, first, TEXT), (None, other, None)
     ]
@@ -371,9 +371,9 @@ def test_redelivered_batch_changes_nothing(settings: Settings) -> None:
     feed = add_feed(settings, "https://a.example/feed")
     text = story(200)
     ids = [add_article(settings, feed, text), add_article(settings, feed, edited(text))]
-    assert run_dedupe(settings, ids) == ids
+    assert run_dedupe(settings, ids).ready == ids
     before = rows(settings, *ids)
-    assert run_dedupe(settings, ids) == ids  # still handed on to classify, nothing rewritten
+    assert run_dedupe(settings, ids).ready == ids  # still handed on to classify, nothing rewritten
     assert rows(settings, *ids) == before
     with session_scope(settings) as session:
         assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2 * 3
@@ -408,7 +408,7 @@ def test_fingerprints_are_computed_outside_the_write_lock(
         return fingerprint(article_text)
 
     monkeypatch.setattr("tasks.dedupe.fingerprint", fingerprint_and_probe)
-    assert run_dedupe(settings, [later]) == [later]
+    assert run_dedupe(settings, [later]).ready == [later]
     assert list(lock_was_free.values()) == [True, False]  # the read text, then the revised one inside
     assert rows(settings, later) == [(first, first, NEAR)]
     with session_scope(settings) as session:
@@ -453,7 +453,7 @@ def test_a_revision_replaces_exactly_its_band_rows(settings: Settings) -> None:
 
     revise(settings, revised, long)
     fresh = add_article(settings, feed, story(300))  # in the same batch, never deduped before
-    assert run_dedupe(settings, [revised, fresh]) == [revised, fresh]
+    assert run_dedupe(settings, [revised, fresh]).ready == [revised, fresh]
     after = band_rows(settings)
     assert after == {
         revised: set(fingerprint(long).band_keys), other: before[other], fresh: after[fresh]

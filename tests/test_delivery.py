@@ -135,6 +135,47 @@ def run_once_then_send(settings: Settings) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
+STORY = ("<p>The harbour council approved a new budget for the old pier on Tuesday, after three "
+         "months of hearings in which fishermen, shop owners and residents argued over the cost of "
+         "repairs, the height of the sea wall and who should pay for the dredging of the channel.</p>")
+
+
+def test_a_copy_that_turns_out_later_than_its_original_is_sent_again_updated(
+    settings: Settings, publisher: Publisher
+) -> None:
+    """A syndicated copy is delivered first; its original, published two hours earlier, arrives in
+    the next round: the copy is re-pointed at it (issue 24) and its subscriber gets an
+    `article.updated` event saying so, as well as the original's `article.created`."""
+    receiver = Receiver({})
+    try:
+        copy = publisher.add("/copy.xml", rss([{
+            "title": "Harbour budget approved", "guid": "urn:copy", "link": "https://copy.example/1",
+            "pubDate": "Tue, 03 Mar 2026 14:00:00 GMT", "description": STORY}], title="Syndicator"))
+        ok(feedmill(settings, "feeds", "add", copy))
+        ok(feedmill(settings, "subscriptions", "add", "news", "--webhook", receiver.url))
+        ok(run_once_then_send(settings))
+        ((created,),) = [[json.loads(call["body"]) for call in receiver.calls]]
+        assert created["type"] == "article.created" and created["data"]["duplicate_of"] is None
+        copy_id = created["data"]["id"]
+
+        original = publisher.add("/original.xml", rss([{
+            "title": "Harbour budget approved", "guid": "urn:original", "link": "https://original.example/1",
+            "pubDate": "Tue, 03 Mar 2026 12:00:00 GMT", "description": STORY}], title="Original"))
+        ok(feedmill(settings, "feeds", "add", original))
+        ok(run_once_then_send(settings))
+        events = [json.loads(call["body"]) for call in receiver.calls[1:]]
+        by_type = {event["type"]: event["data"] for event in events}
+        assert len(events) == 2 and set(by_type) == {"article.created", "article.updated"}, events
+        original_id = by_type["article.created"]["id"]
+        assert by_type["article.created"]["duplicate_of"] is None
+        updated = by_type["article.updated"]
+        assert (updated["id"], updated["duplicate_of"], updated["cluster"]) == (copy_id, original_id, original_id)
+        listed = json.loads(ok(feedmill(settings, "subscriptions", "list", "--json")))
+        assert listed[0]["deliveries"]["delivered"] == 3 and listed[0]["deliveries"]["pending"] == 0
+    finally:
+        receiver.close()
+
+
 @pytest.mark.integration
 def test_redis_stream_subscription_gets_each_article_once(postgres_settings: Settings, publisher: Publisher) -> None:
     """A stream subscription: one XADD per article, the event JSON under `event`, the id under `id`."""

@@ -110,3 +110,20 @@ def test_celery_routes_and_includes_come_from_the_registry() -> None:
     assert app.conf.task_routes == {stage.task: {"queue": stage.queue} for stage in pipeline.STAGES}
     app.loader.import_default_modules()
     assert {stage.task for stage in pipeline.STAGES} <= set(app.tasks)
+
+
+def test_sql_is_written_only_in_the_storage_layer() -> None:
+    """Outside tasks/storage (and schemas, which define the tables), no module builds or runs a query."""
+    builders = {"select", "insert", "update", "delete", "text", "func", "or_", "and_"}
+    writers = []
+    for package in ("tasks", "workers"):
+        for path in (ROOT / package).rglob("*.py"):
+            if "storage" in path.relative_to(ROOT).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy")
+                        and builders & {alias.name for alias in node.names}):
+                    writers.append(f"{module_name(path)} imports {node.module}")
+                if isinstance(node, ast.Attribute) and node.attr in {"execute", "scalars", "scalar"}:
+                    writers.append(f"{module_name(path)}:{node.lineno} calls .{node.attr}")
+    assert writers == []

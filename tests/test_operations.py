@@ -108,11 +108,14 @@ def test_feeds_poll_requeue_article_and_remove(
     assert refused.returncode == 1 and "removing 1 feed(s) with 1 article(s), 1 poll(s)" in refused.stdout
     removed = ok(feedmill(settings, "feeds", "remove", first, "--yes"))
     assert "removed 1 feed(s), 1 article(s) and 1 poll(s); 1 article(s)" in removed
+    # y1, finished and changed, went back to deliver (to be announced) and the worker finishes it.
+    assert wait_until_settled(settings, 2)["y1"] == ("done", "ok")
     left = {a["title"]: a for a in export(settings)}
     y1 = copies["Story y1"]["id"]
     assert sorted(left) == ["Story y1", "Story y2"] and left["Story y2"] == copies["Story y2"]
     # y1 is now its story's first-seen article, and names the story.
-    assert left["Story y1"] == {**copies["Story y1"], "duplicate_of": None, "duplicate_reason": None, "cluster_id": y1}
+    assert left["Story y1"] == {**copies["Story y1"], "duplicate_of": None, "duplicate_reason": None, "cluster": y1,
+                                "cluster_id": y1}
     with session_scope(settings) as session:
         assert session.scalars(select(Feed.url)).all() == [second]
         assert session.scalar(select(func.count()).select_from(Poll)) == 1

@@ -6,7 +6,8 @@ on. The command line (``workers/``) reads and changes the store through them too
 
 - ``articles``: articles in their stages (``run_article_stage``: claim, decide, write, advance;
   sending stored articles back to a stage), and the story clusters they form;
-- ``feeds``: the end of a poll and the next one, the publishing rate, WebSub subscription state;
+- ``feeds``: the feed list (added, exported, removed), the end of a poll and the next one, the
+  publishing rate, WebSub subscription state;
 - ``polls``: poll rows (a WebSub push becomes one);
 - ``hosts``: per-host politeness slots shared by every worker;
 - ``furniture``: the paragraph fingerprints clean learns each feed's furniture from;

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, case, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from schemas.db import session_scope
 from schemas.models import FAILED, OK, PENDING, Article, Feed, utcnow
 from schemas.payloads import RawEntry
-from schemas.pipeline import DONE, article_position_after, positions_from
+from schemas.pipeline import ANNOUNCE_STAGE, DONE, article_position_after, positions_from, stage_named
 from schemas.settings import Settings
 from tasks import metrics
 from tasks.failures import is_transient
@@ -79,7 +79,7 @@ def run_article_stage(
                 decided[row.id] = decide(row) | _advanced(following, now)
             except Exception as exc:
                 failed[row.id] = exc
-        failed |= _write_changes(session, decided)
+        failed |= _write_changes(session, decided, stamp=not stage_named(stage).announces)
         for article_id, exc in failed.items():
             _record_failed(session, stage, article_id, exc, now)
         metrics.count_articles(stage, total=len(rows), failed=len(failed))
@@ -102,14 +102,24 @@ def _advanced(following: str, now: datetime) -> Changes:
     return {"stage": following, "status": OK if following == DONE else PENDING, "error": None, "updated_at": now}
 
 
-def _write_changes(session: Session, decided: dict[int, Changes]) -> dict[int, Exception]:
+def reopened() -> dict[str, Any]:
+    """Column values for a write that changes articles, some perhaps finished: a finished one goes
+    back to ``ANNOUNCE_STAGE``, pending, so that its change is announced; the others keep theirs."""
+    finished = Article.stage == DONE
+    return {"stage": case((finished, ANNOUNCE_STAGE), else_=Article.stage),
+            "status": case((finished, PENDING), else_=Article.status)}
+
+
+def _write_changes(session: Session, decided: dict[int, Changes], stamp: bool = True) -> dict[int, Exception]:
     """Write every article's changes, with this transaction's change value (the rows are
-    locked), in one executemany under a savepoint. If the database refuses that, write each
-    under a savepoint of its own; return those it refused."""
+    locked) unless ``stamp`` is off (an announcing stage changes nothing readers see), in one
+    executemany under a savepoint. If the database refuses that, write each under a savepoint
+    of its own; return those it refused."""
     if not decided:
         return {}
-    seq = changes.current(session)
-    decided = {article_id: {**article_changes, "change_seq": seq} for article_id, article_changes in decided.items()}
+    if stamp:
+        seq = changes.current(session)
+        decided = {article_id: {**values, "change_seq": seq} for article_id, values in decided.items()}
     try:
         with session.begin_nested():
             session.execute(update(Article), [{"id": article_id, **values} for article_id, values in decided.items()])

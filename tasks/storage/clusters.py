@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from schemas.models import PENDING, Article, MinhashBand, MinhashSignature
 from tasks.storage import changes
+from tasks.storage.articles import reopened
 
 #: LSH bands of a signature and values per band. Signature kinds (the ``shingle_words``
 #: column) 2 and 3 are MinHash signatures of a text's 2- and 3-word shingles.
@@ -154,23 +155,24 @@ def lock_decisions(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DEDUPE_LOCK_KEY})
 
 
-def repoint_cluster(session: Session, old: int, new: int, reason: str | None, now: datetime) -> int:
+def repoint_cluster(session: Session, old: int, new: int, reason: str | None, now: datetime) -> list[int]:
     """Name ``new`` the canonical article of cluster ``old``: every stored member gets it as
-    ``cluster_id`` and ``duplicate_of`` (the old canonical with ``reason``), ``updated_at`` = now,
-    so readers of changes see them, and a new change value (``changes.note``). Return how many
-    articles changed."""
+    ``cluster_id`` and ``duplicate_of`` (the old canonical with ``reason``), ``updated_at`` = now
+    and a new change value (``changes.note``), so readers of changes see them; finished ones go
+    back to the announcing stage (``articles.reopened``). Return the ids of the articles changed."""
     moved = session.scalars(
         update(Article)
         .where(Article.cluster_id == old, Article.id != new)
         .values(
             cluster_id=new, duplicate_of=new, updated_at=now,
             duplicate_reason=case((Article.id == old, reason), else_=Article.duplicate_reason),
+            **reopened(),
         )
         .returning(Article.id)
         .execution_options(synchronize_session=False)
     ).all()
     changes.note(session, moved)
-    return len(moved)
+    return list(moved)
 
 
 def write_index(session: Session, signatures: Mapping[int, Mapping[int, np.ndarray]]) -> None:

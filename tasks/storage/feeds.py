@@ -1,5 +1,5 @@
-"""Feeds: the end of a poll (errors counted, lease released, next poll decided), the publishing
-rate, and the WebSub subscription state."""
+"""Feeds: the operator's feed list (added, exported, removed), the end of a poll (errors counted,
+lease released, next poll decided), the publishing rate, and the WebSub subscription state."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from schemas.models import Article, Feed, utcnow
+from schemas.db import insert_for
+from schemas.models import Article, Failure, Feed, Poll, Rule, utcnow
 from schemas.settings import Settings
 from tasks.links import BadFeedUrl, feed_url_key
 from tasks.schedule import (
@@ -36,6 +37,64 @@ def feed_by_url(session: Session, url: str) -> Feed | None:
         key = None
     exact = Feed.url == url
     return session.scalar(select(Feed).where(or_(exact, Feed.url_key == key)).order_by(exact.desc(), Feed.id).limit(1))
+
+
+def present_feeds(session: Session, urls: list[str]) -> dict[str, str]:
+    """The stored URL of each of these feed URLs already present (in any spelling), by its key."""
+    keys = {feed_url_key(url): url for url in urls}
+    rows = session.execute(select(Feed.url, Feed.url_key).where(or_(Feed.url_key.in_(keys), Feed.url.in_(keys)))).all()
+    found = {key: stored for stored, key in rows if key}
+    found.update({stored: stored for stored, _key in rows if stored in keys and stored not in found})
+    return found
+
+
+def add_feeds(session: Session, tags_by_url: dict[str, tuple[str, ...]], websub: bool = False) -> list[str]:
+    """Insert the feeds (normal URL: its OPML folders) not yet present; return the URLs added.
+    ``websub`` also marks the ones present as wanting WebSub."""
+    present = present_feeds(session, list(tags_by_url))
+    rows = [
+        {"url": key, "url_key": key, "tags": list(tags) or None, "status": "active",
+         "consecutive_errors": 0, "websub_wanted": websub}
+        for key, tags in tags_by_url.items() if key not in present
+    ]
+    insert = insert_for(session, Feed.__table__)
+    added = session.scalars(
+        insert.values(rows).on_conflict_do_nothing(index_elements=["url_key"]).returning(Feed.url)
+    ).all() if rows else []
+    if websub:
+        session.execute(update(Feed).where(Feed.url.in_(list(present.values()))).values(websub_wanted=True))
+    return list(added)
+
+
+def feeds_for_opml(session: Session) -> list[tuple[str, str | None, str | None, list[str] | None]]:
+    """Every feed's URL, title, site URL and tags, in the order they were added."""
+    return [tuple(row) for row in session.execute(select(Feed.url, Feed.title, Feed.site_url, Feed.tags).order_by(Feed.id))]
+
+
+def recent_polls(session: Session, feed_id: int, limit: int) -> list[Poll]:
+    """The feed's last ``limit`` polls, newest first."""
+    return list(session.scalars(select(Poll).where(Poll.feed_id == feed_id).order_by(Poll.id.desc()).limit(limit)))
+
+
+def feeds_left_out(session: Session, feed_ids: list[int], poll_ids: list[int]) -> list[tuple[str, str]]:
+    """The URL and status of each of these feeds that none of these polls is for."""
+    claimed = select(Poll.feed_id).where(Poll.id.in_(poll_ids))
+    return [tuple(row) for row in session.execute(
+        select(Feed.url, Feed.status).where(Feed.id.in_(feed_ids), Feed.id.not_in(claimed)))]
+
+
+def polls_and_rules_of(session: Session, feed_ids: list[int]) -> tuple[int, int]:
+    """How many polls and feed rules these feeds have."""
+    polls = session.scalar(select(func.count()).select_from(Poll).where(Poll.feed_id.in_(feed_ids)))
+    rules = session.scalar(select(func.count()).select_from(Rule).where(Rule.feed_id.in_(feed_ids)))
+    return polls or 0, rules or 0
+
+
+def delete_feeds(session: Session, feed_ids: list[int], failure_ids: set[int]) -> None:
+    """Delete the feeds and these failures; their polls, rules and tombstones go by ON DELETE CASCADE.
+    Their articles must be gone first (``retention.delete_articles``)."""
+    session.execute(delete(Failure).where(Failure.id.in_(failure_ids)))
+    session.execute(delete(Feed).where(Feed.id.in_(feed_ids)))
 
 
 def active_feed_count(session: Session) -> int:

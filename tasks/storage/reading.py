@@ -1,8 +1,9 @@
 """What leaves feedmill: the article record ``feedmill export`` writes and the read API serves,
 and the queries that find articles, feeds and clusters for them.
 
-An article is listed once it is finished (``stage`` done) and no drop rule matched it: the same
-articles export writes, less those still in the pipeline. Lists follow the change sequence
+An article is listed once every stage that changes it has run (``stage`` deliver or done: deliver
+only announces it) and no drop rule matched it: the articles export writes, less those still in
+the pipeline. Lists follow the change sequence
 (``tasks/storage/changes.py``): a position is ``(change_seq, id)``, and a reader asks for the
 changes after the last position it saw.
 """
@@ -32,7 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from schemas.models import Article, Feed, Poll
-from schemas.pipeline import DONE
+from schemas.pipeline import READABLE_POSITIONS
 
 #: A place in the change sequence: (change_seq, article id). (0, 0) is before every change.
 Position = tuple[int, int]
@@ -69,6 +70,7 @@ def article_record(article: Article, feed_url: str) -> dict[str, Any]:
         "dropped_by": article.dropped_by,
         "duplicate_of": article.duplicate_of,
         "duplicate_reason": article.duplicate_reason,
+        "cluster": article.cluster_id,  # the field the read API names (issue 20)
         "cluster_id": article.cluster_id,
         "content_hash": article.content_hash,
         "revision": article.revision,
@@ -83,8 +85,9 @@ def exported(include_dropped: bool) -> ColumnElement[bool]:
     return true() if include_dropped else Article.dropped_by.is_(None)
 
 
-#: What the read API lists: finished articles no drop rule matched.
-LISTED = (Article.stage == DONE, Article.dropped_by.is_(None))
+#: What the read API lists: articles past every stage that changes them (finished, or only to be
+#: announced) that no drop rule matched.
+LISTED = (Article.stage.in_(READABLE_POSITIONS), Article.dropped_by.is_(None))
 
 
 def export_count(session: Session, include_dropped: bool) -> int:

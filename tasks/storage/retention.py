@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 from schemas.db import get_engine, insert_for, session_scope
 from schemas.models import PENDING, POLL_FINISHED, Article, ArticleTombstone, Failure, Feed, Poll
 from schemas.settings import Settings
+from tasks.storage import changes
+from tasks.storage.articles import reopened
 from tasks.storage.clusters import delete_index_rows, lock_decisions, repoint_cluster
 
 #: Articles deleted per transaction: short enough never to hold the write lock for long.
@@ -75,9 +77,12 @@ def feed_article_ids(session: Session, feed_ids: Sequence[int]) -> list[int]:
 # --- deleting articles ------------------------------------------------------------
 
 
-def delete_articles(session: Session, article_ids: Sequence[int], now: datetime, *, tombstones: bool) -> tuple[int, int]:
+def delete_articles(
+    session: Session, article_ids: Sequence[int], now: datetime, *, tombstones: bool
+) -> tuple[int, list[int]]:
     """Delete these articles and their derived rows in this transaction; with ``tombstones``,
-    keep each one's identity so its feed does not bring it back. Return (deleted, re-pointed).
+    keep each one's identity so its feed does not bring it back. Return how many were deleted,
+    and the ids of the survivors their clusters' re-naming changed.
 
     Dedupe's decision lock is taken first, so no batch links a new copy to a cluster while its
     canonical article goes; the articles are locked (PostgreSQL) before their signatures are read.
@@ -87,7 +92,7 @@ def delete_articles(session: Session, article_ids: Sequence[int], now: datetime,
         select(Article.id).where(Article.id.in_(list(article_ids))).order_by(Article.id).with_for_update()
     ))
     if not ids:
-        return 0, 0
+        return 0, []
     if tombstones:
         rows = [
             {"feed_id": feed_id, "entry_key": key, "item_fingerprint": item_fingerprint(link, title),
@@ -107,34 +112,39 @@ def delete_articles(session: Session, article_ids: Sequence[int], now: datetime,
     return len(ids), _repoint_orphaned_clusters(session, ids, now)
 
 
-def _repoint_orphaned_clusters(session: Session, gone: Sequence[int], now: datetime) -> int:
+def _repoint_orphaned_clusters(session: Session, gone: Sequence[int], now: datetime) -> list[int]:
     """Clusters named by a deleted article are named by their earliest published survivor
-    (ties: the lowest id), which all the others point at. Return how many articles changed."""
+    (ties: the lowest id), which all the others point at; finished ones go back to the
+    announcing stage (``articles.reopened``). Return the ids of the articles changed."""
     published = func.coalesce(Article.published_at, Article.created_at)
     first: dict[int, tuple[datetime, int]] = {}
     for article_id, cluster_id, when in session.execute(
         select(Article.id, Article.cluster_id, published).where(Article.cluster_id.in_(list(gone)))
     ):
         first[cluster_id] = min(first.get(cluster_id, (when, article_id)), (when, article_id))
-    changed = 0
+    changed: list[int] = []
     for cluster_id, (_, canonical) in sorted(first.items()):
         changed += repoint_cluster(session, cluster_id, canonical, None, now)
-        changed += session.execute(
+        session.execute(
             update(Article).where(Article.id == canonical)
-            .values(cluster_id=canonical, duplicate_of=None, duplicate_reason=None, updated_at=now)
-        ).rowcount
+            .values(cluster_id=canonical, duplicate_of=None, duplicate_reason=None, updated_at=now, **reopened())
+        )
+        changes.note(session, [canonical])
+        changed.append(canonical)
     return changed
 
 
-def delete_in_batches(settings: Settings, article_ids: Sequence[int], now: datetime, *, tombstones: bool) -> tuple[int, int]:
-    """``delete_articles`` in transactions of ``DELETE_BATCH`` articles; (deleted, re-pointed) in all."""
-    deleted = repointed = 0
+def delete_in_batches(
+    settings: Settings, article_ids: Sequence[int], now: datetime, *, tombstones: bool
+) -> tuple[int, list[int]]:
+    """``delete_articles`` in transactions of ``DELETE_BATCH`` articles; (deleted, survivors changed) in all."""
+    deleted, changed = 0, []
     ordered = sorted(article_ids)
     for start in range(0, len(ordered), DELETE_BATCH):
         with session_scope(settings) as session:
             gone, moved = delete_articles(session, ordered[start:start + DELETE_BATCH], now, tombstones=tombstones)
-        deleted, repointed = deleted + gone, repointed + moved
-    return deleted, repointed
+        deleted, changed = deleted + gone, changed + moved
+    return deleted, changed
 
 
 # --- tombstones and history -------------------------------------------------------

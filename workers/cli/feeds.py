@@ -9,17 +9,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from schemas.db import insert_for, session_scope
-from schemas.models import RETAIN_FOREVER, Failure, Feed, Poll, Rule, utcnow
+from schemas.db import session_scope
+from schemas.models import RETAIN_FOREVER, Poll, utcnow
 from schemas.settings import Settings, duration_seconds, duration_text, retention_seconds
+from tasks.base import announce_changed
 from tasks.discover import Probe, probe
 from tasks.fulltext import FULL_TEXT_MODES
 from tasks.links import BadFeedUrl, feed_url_key, safe_link
 from tasks.storage.retention import delete_articles, delete_in_batches, feed_article_ids
 from tasks.storage.failures import FailureFilter, open_failures
+from tasks.storage.feeds import (
+    add_feeds,
+    delete_feeds,
+    feeds_for_opml,
+    feeds_left_out,
+    polls_and_rules_of,
+    present_feeds,
+    recent_polls,
+)
 from tasks.storage.reading import feed_record, feed_records
 from workers.cli.common import find_feed, iso, migrated_settings
 from workers.scheduler import claim_feeds, enqueue_fetches
@@ -48,35 +57,13 @@ class NewFeed:
     tags: tuple[str, ...] = ()
 
 
-def _present(session: Session, urls: list[str]) -> dict[str, str]:
-    """The stored URL of each of these feed URLs already present (in any spelling), by its key."""
-    keys = {feed_url_key(url): url for url in urls}
-    rows = session.execute(select(Feed.url, Feed.url_key).where(or_(Feed.url_key.in_(keys), Feed.url.in_(keys)))).all()
-    found = {key: stored for stored, key in rows if key}
-    found.update({stored: stored for stored, _key in rows if stored in keys and stored not in found})
-    return found
-
-
 def _add_feeds(settings: Settings, wanted: list[NewFeed], websub: bool = False) -> list[str]:
-    """Insert the feeds not yet present (by their normal URL); return the URLs added.
-    ``websub`` also marks the ones present as wanting WebSub."""
-    by_key = {feed_url_key(feed.url): feed for feed in wanted}
-    if not by_key:
+    """Insert the feeds not yet present (by their normal URL); return the URLs added."""
+    tags_by_url = {feed_url_key(feed.url): feed.tags for feed in wanted}
+    if not tags_by_url:
         return []
     with session_scope(settings) as session:
-        present = _present(session, list(by_key))
-        rows = [
-            {"url": key, "url_key": key, "tags": list(feed.tags) or None, "status": "active",
-             "consecutive_errors": 0, "websub_wanted": websub}
-            for key, feed in by_key.items() if key not in present
-        ]
-        insert = insert_for(session, Feed.__table__)
-        added = session.scalars(
-            insert.values(rows).on_conflict_do_nothing(index_elements=["url_key"]).returning(Feed.url)
-        ).all() if rows else []
-        if websub:
-            session.execute(update(Feed).where(Feed.url.in_(list(present.values()))).values(websub_wanted=True))
-    return list(added)
+        return add_feeds(session, tags_by_url, websub)
 
 
 def _probe_all(settings: Settings, urls: list[str], every: bool) -> list[Probe]:
@@ -128,7 +115,7 @@ def feeds_add(urls: tuple[str, ...], websub: bool, every: bool, check: bool) -> 
     normal = list(dict.fromkeys(_normal_url(url) for url in urls))
     settings = migrated_settings()
     with session_scope(settings) as session:
-        present = _present(session, normal)
+        present = present_feeds(session, normal)
     intake = Intake(check)
     for url in normal:
         if url in present:
@@ -136,7 +123,7 @@ def feeds_add(urls: tuple[str, ...], websub: bool, every: bool, check: bool) -> 
     for probed in _probe_all(settings, [url for url in normal if url not in present], every):
         intake.take(probed)
     with session_scope(settings) as session:  # a page's feed, or where a URL redirects, may be present
-        found_present = _present(session, [feed.url for feed in intake.wanted]) if intake.wanted else {}
+        found_present = present_feeds(session, [feed.url for feed in intake.wanted]) if intake.wanted else {}
     for key, stored in found_present.items():
         click.echo(f"{key}: already present as {stored}", err=True)
     added = _add_feeds(settings, intake.wanted + [NewFeed(url) for url in present.values()], websub)
@@ -187,7 +174,7 @@ def feeds_import(opml_file: Any, check: bool) -> None:
             click.echo(f"skipped (not an http(s) URL): {url}", err=True)
     settings = migrated_settings()
     with session_scope(settings) as session:
-        present = _present(session, list(listed))
+        present = present_feeds(session, list(listed))
     intake = Intake(check)
     probed = _probe_all(settings, [url for url in listed if url not in present], every=False)
     for result in probed:
@@ -202,7 +189,7 @@ def feeds_import(opml_file: Any, check: bool) -> None:
 def feeds_export() -> None:
     """Write all feeds as OPML to stdout, in their folders (their tags)."""
     with session_scope(migrated_settings()) as session:
-        rows = session.execute(select(Feed.url, Feed.title, Feed.site_url, Feed.tags).order_by(Feed.id)).all()
+        rows = feeds_for_opml(session)
     opml = ET.Element("opml", version="2.0")
     ET.SubElement(ET.SubElement(opml, "head"), "title").text = "feedmill feeds"
     folders: dict[tuple[str, ...], ET.Element] = {(): ET.SubElement(opml, "body")}
@@ -277,7 +264,7 @@ def feeds_show(url: str, history: int, as_json: bool) -> None:
     """Explain one feed's schedule, with its recent poll history."""
     with session_scope(migrated_settings()) as session:
         feed = find_feed(session, url)
-        polls = session.scalars(select(Poll).where(Poll.feed_id == feed.id).order_by(Poll.id.desc()).limit(history)).all()
+        polls = recent_polls(session, feed.id, history)
         last_poll = next((poll for poll in polls if poll.kind == "poll"), None)
         record = feed_record(feed, last_poll) | {"history": [_poll_record(poll) for poll in polls]}
     if as_json:
@@ -410,10 +397,7 @@ def feeds_poll(urls: tuple[str, ...]) -> None:
     poll_ids = claim_feeds(settings, due_only=False, feed_ids=list(ids.values()))
     enqueue_fetches(poll_ids)
     with session_scope(settings) as session:
-        claimed = set(session.scalars(select(Poll.feed_id).where(Poll.id.in_(poll_ids))))
-        skipped = session.execute(
-            select(Feed.url, Feed.status).where(Feed.id.in_(list(ids.values())), Feed.id.not_in(claimed))
-        ).all()
+        skipped = feeds_left_out(session, list(ids.values()), poll_ids)
     for url, status in skipped:
         reason = status if status != "active" else "being fetched already"
         click.echo(f"  skipped {url}: {reason}")
@@ -434,20 +418,20 @@ def feeds_remove(urls: tuple[str, ...], yes: bool) -> None:
     with session_scope(settings) as session:
         ids = list(_feed_ids(session, urls).values())
         articles = feed_article_ids(session, ids)
-        polls = session.scalar(select(func.count()).select_from(Poll).where(Poll.feed_id.in_(ids)))
-        rules = session.scalar(select(func.count()).select_from(Rule).where(Rule.feed_id.in_(ids)))
+        polls, rules = polls_and_rules_of(session, ids)
         failures = {f.id for feed_id in ids for f in open_failures(session, FailureFilter(feed_id=feed_id))}
     click.echo(f"removing {len(ids)} feed(s) with {len(articles)} article(s), {polls} poll(s), {rules} feed rule(s) "
                f"and {len(failures)} open failure(s)")
     if not yes:
         click.confirm(f"delete {len(ids)} feed(s) and everything stored from them?", abort=True, err=True)
-    _, repointed = delete_in_batches(settings, articles, utcnow(), tombstones=False)
+    _, changed = delete_in_batches(settings, articles, utcnow(), tombstones=False)
     with session_scope(settings) as session:
-        session.execute(delete(Failure).where(Failure.id.in_(failures)))
         # Articles stored since the count above go with the feed: the same deletion, in this transaction.
         _, late = delete_articles(session, feed_article_ids(session, ids), utcnow(), tombstones=False)
-        session.execute(delete(Feed).where(Feed.id.in_(ids)))  # polls, rules, tombstones: ON DELETE CASCADE
-    repointed += late
+        delete_feeds(session, ids, failures)
+    changed += late
+    announce_changed(changed)
+    repointed = len(changed)
     click.echo(f"removed {len(ids)} feed(s), {len(articles)} article(s) and {polls} poll(s)"
                + (f"; {repointed} article(s) in other feeds re-pointed to their story's earliest published copy left"
                   if repointed else ""))

@@ -12,6 +12,7 @@ import click
 
 from schemas.db import session_scope
 from schemas.settings import duration_seconds
+from tasks.base import announce_changed
 from tasks.retention import FeedPrune, run_prune
 from tasks.storage.retention import reclaim_space
 from workers.cli.common import find_feed, migrated_settings
@@ -45,6 +46,7 @@ def prune(older_than: str | None, feed_urls: tuple[str, ...], dry_run: bool, as_
         with session_scope(settings, read_only=True) as session:
             feed_ids = [find_feed(session, url).id for url in feed_urls]
     report = run_prune(settings, older_than=age, feed_ids=feed_ids, dry_run=dry_run)
+    announce_changed(report.changed)
     if not dry_run and report.removed:
         reclaim_space(settings)
     if as_json:
