@@ -8,8 +8,10 @@ process, on first use, and kept (``functools.cache``); a worker that consumes
 the classify queue loads them before forking its pool (``load_models``).
 
 * Language: py3langid, whose model ships inside the package.
-* Topics: a hand-written weighted lexicon (``data/topics_lexicon.tsv``)
-  matched in one Aho-Corasick pass over the lowercased title and text; or,
+* Topics: a hand-written weighted lexicon (``data/topics_lexicon.tsv``) and,
+  at a lower weight, a broad vocabulary generated from WordNet
+  (``data/topics_wordnet.tsv``), matched in one Aho-Corasick pass over the
+  lowercased title and text; or,
   when one is active, the operator's trained model (``classify_model``),
   which then replaces the lexicon for topics.
 * Places: a country gazetteer (``data/places_gazetteer.tsv``) matched in one
@@ -31,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,6 +59,7 @@ from tasks.storage.rules import all_rules
 STAGE = stage_named("classify").name
 DATA_DIR = Path(__file__).parent / "data"
 TOPICS_FILE = DATA_DIR / "topics_lexicon.tsv"
+BROAD_TOPICS_FILE = DATA_DIR / "topics_wordnet.tsv"
 PLACES_FILE = DATA_DIR / "places_gazetteer.tsv"
 
 # The 17 top-level IPTC Media Topics.
@@ -106,8 +110,20 @@ DENSITY_SCALE = 6.0
 # words) and its density is at least MIN_SHARE_OF_BEST of the best topic's.
 MIN_TOPIC_SCORE = 0.25
 MIN_SHARE_OF_BEST = 0.3
+# The weight of a term of the broad vocabulary (data/topics_wordnet.tsv, generated from WordNet):
+# below the hand-written lexicon's least (1), so it decides only what the lexicon leaves open.
+BROAD_TERM_WEIGHT = 0.5
+# An article of at least this many words (title and text) always gets its best topic, however
+# weak, with its score as the confidence: only shorter or empty ones may have no topic.
+MIN_WORDS_FOR_BEST_TOPIC = 5
+# When not one term matches such an article, its topic is the commonest of general news, with
+# this score: a guess, and the confidence says so.
+FALLBACK_TOPIC = "politics"
+FALLBACK_SCORE = 0.05
 
 _NOT_LETTERS = re.compile(r"[\W\d_]+")
+#: A word, for MIN_WORDS_FOR_BEST_TOPIC: a run of letters.
+_WORD = re.compile(r"[^\W\d_]+")
 
 
 class Match(NamedTuple):
@@ -150,7 +166,8 @@ def _language_identifier() -> LanguageIdentifier:
 
 @cache
 def _topic_automaton() -> ahocorasick.Automaton:
-    """Lexicon terms -> (length, ((topic, weight, term, is_prefix), ...))."""
+    """Lexicon terms -> (length, ((topic, weight, term, is_prefix), ...)): the hand-written
+    lexicon, then the broad vocabulary's terms that the lexicon does not have (in any form)."""
     entries: dict[str, list[tuple[str, float, str, bool]]] = defaultdict(list)
     for lineno, cols in _read_tsv(TOPICS_FILE):
         topic, term, weight = cols
@@ -160,6 +177,10 @@ def _topic_automaton() -> ahocorasick.Automaton:
         if any(entry[0] == topic for entry in entries[key]):
             raise ValueError(f"{TOPICS_FILE.name}:{lineno}: {term!r} twice under {topic}")
         entries[key].append((topic, float(weight), term, term.endswith("*")))
+    written = set(entries)
+    for _lineno, (topic, term) in _read_tsv(BROAD_TOPICS_FILE):
+        if not {term, term + "s", term.removesuffix("s")} & written:
+            entries[term].append((topic, BROAD_TERM_WEIGHT, term, False))
     automaton = ahocorasick.Automaton()
     for key, values in entries.items():
         automaton.add_word(key, (len(key), tuple(values)))
@@ -285,6 +306,11 @@ def _topic_evidence(title: str, text: str) -> tuple[dict[str, Counter], int]:
     return evidence, len(haystack.split())
 
 
+def _has_words(text: str, count: int) -> bool:
+    """Whether ``text`` has at least ``count`` words (runs of letters); reads only as far as that."""
+    return sum(1 for _ in islice(_WORD.finditer(text), count)) == count
+
+
 def weigh_topics(title: str, text: str) -> list[TopicEvidence]:
     """Every topic with lexicon evidence, strongest first: score, kept or not, and the
     matched terms with the weight each added.
@@ -292,19 +318,26 @@ def weigh_topics(title: str, text: str) -> list[TopicEvidence]:
     A topic's evidence is its summed term weights per 100 words, so articles
     of different lengths compare; the score saturates with it. A topic is
     kept if its evidence is a fair share of the best topic's and its score
-    reaches an absolute minimum. Each term weight is already title-boosted and
-    log-damped (see _topic_evidence).
+    reaches an absolute minimum; the best topic of an article of at least
+    MIN_WORDS_FOR_BEST_TOPIC words is kept whatever its score (FALLBACK_TOPIC
+    when no term matched at all). Each term weight
+    is already title-boosted and log-damped (see _topic_evidence).
     """
     evidence, words = _topic_evidence(title, text)
     per_100_words = 100.0 / max(words, MIN_WORDS_FOR_DENSITY)
     density = {topic: sum(terms.values()) * per_100_words for topic, terms in evidence.items()}
+    enough_words = _has_words(f"{title}\n{text}", MIN_WORDS_FOR_BEST_TOPIC)
+    if not density and enough_words:
+        return [TopicEvidence(FALLBACK_TOPIC, FALLBACK_SCORE, True, ())]
     best = max(density.values(), default=0.0)
     weighed = []
-    for topic, value in sorted(density.items(), key=lambda item: (-item[1], item[0])):
+    for rank, (topic, value) in enumerate(sorted(density.items(), key=lambda item: (-item[1], item[0]))):
         score = round(1.0 - math.exp(-value / DENSITY_SCALE), 4)
         terms = sorted(((term, round(w, 3)) for term, w in evidence[topic].items()),
                        key=lambda item: (-item[1], item[0]))
-        kept = value >= MIN_SHARE_OF_BEST * best and score >= MIN_TOPIC_SCORE
+        kept = (value >= MIN_SHARE_OF_BEST * best and score >= MIN_TOPIC_SCORE) or (
+            rank == 0 and enough_words
+        )
         weighed.append(TopicEvidence(topic, score, kept, tuple(terms)))
     return weighed
 

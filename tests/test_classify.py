@@ -13,6 +13,10 @@ import pytest
 from schemas.payloads import Classification
 from tasks import classify
 from tasks.classify import (
+    BROAD_TERM_WEIGHT,
+    FALLBACK_SCORE,
+    FALLBACK_TOPIC,
+    MIN_TOPIC_SCORE,
     TOPICS,
     classify_article,
     detect_language,
@@ -239,8 +243,30 @@ def test_weighed_topics_match_scores(seeds):
     assert any(not e.kept for e in weighed)  # topics only touched on are shown, not kept
 
 
-def test_no_topic_for_text_without_evidence():
-    assert score_topics("Untitled", "Lorem ipsum dolor sit amet, consectetur adipiscing elit.") == ()
+def test_no_topic_only_for_empty_or_short_text():
+    assert score_topics("", "") == ()
+    assert score_topics("Untitled", "Lorem ipsum.") == ()  # three words
+    assert [topic for topic, _ in score_topics("Oscar", "")] == ["arts_culture_entertainment"]  # a term, however short
+    assert score_topics("!!!", "?? ## -- 12 34 ...") == ()  # words have letters
+
+
+def test_five_words_or_more_always_get_their_best_topic():
+    # Weak evidence: below MIN_TOPIC_SCORE, yet the best topic is given, with its score.
+    weak = weigh_topics("Update", "Our company said nothing else about it on Tuesday.")
+    assert weak[0].score < MIN_TOPIC_SCORE and weak[0].kept
+    assert score_topics("Update", "Our company said nothing else about it on Tuesday.") == (
+        (weak[0].topic, weak[0].score),)
+    # Not one term: the fallback topic, with a score that says it is a guess.
+    assert score_topics("Untitled", "Lorem ipsum dolor sit amet, consectetur adipiscing elit.") == (
+        (FALLBACK_TOPIC, FALLBACK_SCORE),)
+
+
+def test_broad_vocabulary_adds_words_the_lexicon_lacks_at_a_low_weight():
+    explained = terms_by_topic("New release", "She recorded a new sonata for the piano on Friday.")
+    assert explained["arts_culture_entertainment"]["sonata"] == BROAD_TERM_WEIGHT  # WordNet's
+    assert explained["arts_culture_entertainment"]["piano*"] == 1.5  # the lexicon's
+    # A word the lexicon has keeps the lexicon's weight and topic only.
+    assert terms_by_topic("", "The goalkeeper saved it.")["sport"] == {"goalkeeper*": 3.0}
 
 
 # --- places --------------------------------------------------------------------
@@ -382,7 +408,10 @@ def test_language_identifier_scores_exactly_as_shipped_model():
     ],
 )
 def test_empty_or_garbage_input(title, text):
-    assert classify_article(title, text) == Classification(None, (), ())
+    words = len(f"{title or ''} {text or ''}".split())
+    # Six "words" of garbage are five words or more: the fallback topic, with its low score.
+    topics = ((FALLBACK_TOPIC, FALLBACK_SCORE),) if words >= 5 and title == "asdfgh qwerty" else ()
+    assert classify_article(title, text) == Classification(None, topics, ())
 
 
 def test_data_loads_once():

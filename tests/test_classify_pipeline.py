@@ -89,6 +89,9 @@ def test_rules_model_and_reprocess_end_to_end(
     }
     assert exported["Striker scores late goal in cup final"]["tags"] == ["Sport", "sport"]
     assert exported["Striker scores late goal in cup final"]["topics"][0] == "sport"
+    striker_record = exported["Striker scores late goal in cup final"]
+    assert 0 < striker_record["topic_confidence"] == striker_record["topic_scores"]["sport"] <= 1
+    assert all(r["topics"] and r["topic_confidence"] > 0 for r in exported.values())  # five words or more: a topic
     assert exported["How to bake bread"]["tags"] == ["recipe"]
     assert exported["Sponsored: a message from our partner"]["dropped_by"] is None  # kept by rule 2
     everything = by_title(json.loads(line) for line in ok(feedmill(settings, "export", "--include-dropped")).splitlines())

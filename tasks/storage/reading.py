@@ -63,6 +63,8 @@ def article_record(article: Article, feed_url: str) -> dict[str, Any]:
         "language": article.language,
         "topics": [label for label, _score in (article.topics or [])],
         "topic_scores": {label: score for label, score in (article.topics or [])},
+        # The best topic's score: how sure the classifier is of ``topics[0]`` (None: no topic).
+        "topic_confidence": article.topics[0][1] if article.topics else None,
         "places": article.places or [],
         "tags": article.tags or [],
         "dropped_by": article.dropped_by,
