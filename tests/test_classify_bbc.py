@@ -4,7 +4,7 @@ The corpus sits beside the repository (../shared/data/bbc) and is never
 copied into it. Without it the test skips, except in CI (CI=true), where it
 is present and must run. The topic lexicon is measured on every article; the
 trained model is cross-validated on 250 articles per class to stay fast
-(the full figures in docs/classify.md come from the script).
+(the full figures in docs/classification.md come from the script).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def test_lexicon_top_topic_accuracy_on_every_article(bbc_corpus):
 
 def test_lexicon_on_titles_and_first_sentences_gives_every_article_a_topic(bbc_corpus):
     """The stand-in for summary-only feeds: 0.70 and 9.9 % without a topic before the broad
-    vocabulary and the best-topic rule, 0.77 and none after (docs/classify.md)."""
+    vocabulary and the best-topic rule, 0.77 and none after (docs/classification.md)."""
     short = lexicon_figures([title_and_first_sentence(e) for e in read_labelled(bbc_corpus)])
     assert short["accuracy"] >= 0.75 and short["no_topic"] == 0
     bands = short["calibration"]
