@@ -100,7 +100,8 @@ def test_a_subscriber_down_for_good_becomes_a_dead_letter_that_requeue_sends(
         ok(feedmill(settings, "feeds", "add", url))
         ok(feedmill(settings, "subscriptions", "add", "down", "--webhook", down.url))
         monkeypatch.setenv("FEEDMILL_DELIVERY_RETRY_FOR", "0")
-        ok(run_once_then_send(settings))
+        assert "events: 0 delivered, 0 waiting for a retry (the service sends them), 1 dead" in ok(
+            feedmill(settings, "run", "--once"))
         failures = json.loads(ok(feedmill(settings, "failures", "list", "--json")))
         (dead,) = failures
         assert dead["stage"] == "send" and "HTTP 503" in dead["error"] and dead["subject"].startswith("delivery ")
@@ -119,8 +120,8 @@ def test_a_subscriber_down_for_good_becomes_a_dead_letter_that_requeue_sends(
 
 
 def run_once_then_send(settings: Settings) -> subprocess.CompletedProcess[str]:
-    """`run --once`, then the send tasks in this process (as a worker would run them): the round
-    ends when its articles are done, and their events are sent by the service's workers."""
+    """`run --once`, then the send tasks in this process (as a worker would run them): a round
+    waits only for the events it made itself, so an event re-opened before it (`requeue`) is sent here."""
     script = (
         "from schemas.settings import current_settings\n"
         "from tasks.deliver import run_send\n"
@@ -145,7 +146,8 @@ def test_a_copy_that_turns_out_later_than_its_original_is_sent_again_updated(
 ) -> None:
     """A syndicated copy is delivered first; its original, published two hours earlier, arrives in
     the next round: the copy is re-pointed at it (issue 24) and its subscriber gets an
-    `article.updated` event saying so, as well as the original's `article.created`."""
+    `article.updated` event saying so, as well as the original's `article.created`. Each `run --once`
+    returns once its events are sent."""
     receiver = Receiver({})
     try:
         copy = publisher.add("/copy.xml", rss([{
@@ -153,7 +155,7 @@ def test_a_copy_that_turns_out_later_than_its_original_is_sent_again_updated(
             "pubDate": "Tue, 03 Mar 2026 14:00:00 GMT", "description": STORY}], title="Syndicator"))
         ok(feedmill(settings, "feeds", "add", copy))
         ok(feedmill(settings, "subscriptions", "add", "news", "--webhook", receiver.url))
-        ok(run_once_then_send(settings))
+        ok(feedmill(settings, "run", "--once"))
         ((created,),) = [[json.loads(call["body"]) for call in receiver.calls]]
         assert created["type"] == "article.created" and created["data"]["duplicate_of"] is None
         copy_id = created["data"]["id"]
@@ -162,7 +164,7 @@ def test_a_copy_that_turns_out_later_than_its_original_is_sent_again_updated(
             "title": "Harbour budget approved", "guid": "urn:original", "link": "https://original.example/1",
             "pubDate": "Tue, 03 Mar 2026 12:00:00 GMT", "description": STORY}], title="Original"))
         ok(feedmill(settings, "feeds", "add", original))
-        ok(run_once_then_send(settings))
+        ok(feedmill(settings, "run", "--once"))
         events = [json.loads(call["body"]) for call in receiver.calls[1:]]
         by_type = {event["type"]: event["data"] for event in events}
         assert len(events) == 2 and set(by_type) == {"article.created", "article.updated"}, events
@@ -188,7 +190,8 @@ def test_redis_stream_subscription_gets_each_article_once(postgres_settings: Set
     client = redis.Redis.from_url(settings.broker_url)
     client.delete(key)
     ok(feedmill(settings, "subscriptions", "add", "stream", "--redis-stream", key, "--query", "harbour budget"))
-    ok(run_once_then_send(settings))
+    summary = json.loads(ok(feedmill(settings, "run", "--once", "--json")))
+    assert summary["events"] == {"delivered": FEEDS * ITEMS, "pending": 0, "dead": 0}
     entries = client.xrange(key)
     events = [json.loads(fields[b"event"]) for _id, fields in entries]
     assert len(events) == FEEDS * ITEMS

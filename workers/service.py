@@ -36,6 +36,8 @@ from schemas.models import (
 )
 from schemas.pipeline import QUEUES
 from schemas.settings import Settings
+from tasks.base import send
+from tasks.storage import deliveries
 from tasks.storage import service as service_storage
 from tasks.storage.feeds import active_feed_count
 from workers.scheduler import claim_feeds, enqueue_fetches, recover_lost, requeue_unfinished
@@ -311,6 +313,8 @@ class RoundSummary:
     articles_failed: int = 0
     failed_articles: list[FailedArticle] = field(default_factory=list)
     duplicates: int = 0
+    #: The round's events by status (delivered, pending, dead): pending ones wait for a retry.
+    events: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     #: Set when the round timed out: what was still unfinished.
     timed_out: bool = False
@@ -343,6 +347,7 @@ class RoundSummary:
             "articles_done": self.articles_done,
             "articles_failed": self.articles_failed,
             "duplicates": self.duplicates,
+            "events": self.events,
             "seconds": round(self.seconds, 3),
             "requeued": self.requeued,
             "failed_feeds": [{"url": p.feed_url, "status_code": p.status_code, "error": p.error} for p in self.feed_errors],
@@ -368,10 +373,12 @@ class Progress:
     articles_pending: int
     #: The pending articles by stage, when they were counted.
     by_stage: dict[str, int] | None = None
+    #: Events of the round not tried yet (``deliveries.untried_events_since``), once no article is left.
+    events_untried: int = 0
 
     @property
     def done(self) -> bool:
-        return self.polls_finished == self.polls_total and self.articles_pending == 0
+        return self.polls_finished == self.polls_total and self.articles_pending == 0 and self.events_untried == 0
 
 
 class RoundTimeout(Exception):
@@ -410,12 +417,16 @@ def run_once(
             on_progress(progress)
             if progress.done:
                 break
-            if (progress.polls_finished, progress.articles_pending) != last_seen:
-                last_change, last_seen = time.monotonic(), (progress.polls_finished, progress.articles_pending)
+            seen = (progress.polls_finished, progress.articles_pending, progress.events_untried)
+            if seen != last_seen:
+                last_change, last_seen = time.monotonic(), seen
             elif time.monotonic() - last_change > STALL_SECONDS:
                 # Nothing moved for a while: a message may be lost (a worker killed after taking
-                # it, a broker restarted). Re-send what the broker and the workers no longer hold.
+                # it, a broker restarted). Re-send what the broker and the workers no longer hold,
+                # and a send for every subscription with events due (what beat's deliver_due does).
                 recover_lost(settings, current_app, older_than=STALL_SECONDS)
+                if progress.events_untried:
+                    send("deliver_due")
                 last_change = time.monotonic()
             if supervisor is not None:
                 supervisor.check()
@@ -466,7 +477,11 @@ class Round:
                 pending = max(self.last.articles_pending, 1)
             else:
                 pending = 0
-        self.last = Progress(len(self.poll_ids), finished, pending, by_stage or (self.last.by_stage if self.last else None))
+            untried = 0
+            if finished == len(self.poll_ids) and pending == 0:
+                untried = deliveries.untried_events_since(session, self.started_at)
+        self.last = Progress(len(self.poll_ids), finished, pending, by_stage or (self.last.by_stage if self.last else None),
+                             untried)
         return self.last
 
     def release_leases(self, dead_letters_only: bool) -> None:
@@ -495,6 +510,7 @@ class Round:
             failed = service_storage.failed_articles(session, self.poll_ids, self.dead.article_ids)
             summary.failed_articles = [FailedArticle(*row) for row in failed]
             summary.articles_failed = len(summary.failed_articles)
+            summary.events = deliveries.events_since(session, self.started_at)
             if summary.timed_out:
                 counts = service_storage.pending_articles_by_stage(session, self.dead.article_ids)
                 summary.unfinished_articles = {stage: n for stage, n in counts.items() if n}

@@ -170,6 +170,27 @@ def reopen_deliveries(session: Session, delivery_ids: Sequence[int]) -> set[int]
     return set(session.scalars(select(Delivery.subscription_id).where(Delivery.id.in_(list(delivery_ids)))))
 
 
+def untried_events_since(session: Session, since: datetime) -> int:
+    """Events made since ``since`` that no attempt has been made at yet, of active subscriptions
+    whose receiver is not known to be down (none of their events is waiting for a retry): what a
+    round of ``run --once`` waits to see sent."""
+    down = select(Delivery.subscription_id).where(Delivery.status == PENDING, Delivery.attempts > 0)
+    return session.scalar(
+        select(func.count()).select_from(Delivery)
+        .join(Subscription, Subscription.id == Delivery.subscription_id)
+        .where(Subscription.status == ACTIVE, Delivery.status == PENDING, Delivery.attempts == 0,
+               Delivery.created_at >= since, Delivery.subscription_id.not_in(down))
+    ) or 0
+
+
+def events_since(session: Session, since: datetime) -> dict[str, int]:
+    """How many events made since ``since`` are delivered, pending (waiting to be tried or retried) and dead."""
+    counts = dict(session.execute(
+        select(Delivery.status, func.count()).where(Delivery.created_at >= since).group_by(Delivery.status)
+    ).all())
+    return {status: counts.get(status, 0) for status in (DELIVERED, PENDING, DEAD)}
+
+
 # ------------------------------------------------------------------ status
 
 

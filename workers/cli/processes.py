@@ -166,7 +166,8 @@ def _print_progress(progress: service.Progress) -> None:
     pending = sum(by_stage.values()) if by_stage else progress.articles_pending
     click.echo(
         f"\rfeeds polled {progress.polls_finished}/{progress.polls_total}; "
-        f"articles in stages: {pending}" + (f" ({stages})" if stages else "") + "   ",
+        f"articles in stages: {pending}" + (f" ({stages})" if stages else "")
+        + (f"; events to send: {progress.events_untried}" if progress.events_untried else "") + "   ",
         err=True,
         nl=False,
     )
@@ -190,6 +191,9 @@ def _print_summary(summary: service.RoundSummary, out: TextIO) -> None:
         f"{summary.duplicates} duplicate(s)",
         file=out,
     )
+    if any(summary.events.values()):
+        print(f"events: {summary.events['delivered']} delivered, {summary.events['pending']} waiting for a retry "
+              f"(the service sends them), {summary.events['dead']} dead (see: feedmill failures)", file=out)
     for poll in failed:
         print(f"  failed: {poll.feed_url}: {poll.error}", file=out)
     for poll in deferred:
