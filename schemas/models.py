@@ -187,6 +187,7 @@ class HostFetch(Base):
 
 #: The rows of ``ix_articles_duplicate_of`` (``Article.text`` hides ``text`` in the class body).
 _COPIES_ONLY = text("duplicate_of IS NOT NULL")
+_PAGE_WANTED = text("page_due_at IS NOT NULL")
 
 
 class Article(Base):
@@ -224,6 +225,9 @@ class Article(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     #: Why the clean stage kept the feed's summary instead of the linked page's full text.
     clean_note: Mapped[str | None] = mapped_column(Text)
+    #: Set while the linked page's full text is still wanted: the article went on with its summary,
+    #: and the page is fetched in its host's turn from then on (``feedmill.fulltext``); NULL otherwise.
+    page_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Written by the dedupe stage.
     duplicate_of: Mapped[int | None] = mapped_column(
         ForeignKey("articles.id", ondelete="SET NULL")
@@ -272,6 +276,7 @@ class Article(Base):
         Index("ix_articles_duplicate_of", "duplicate_of",
               sqlite_where=_COPIES_ONLY, postgresql_where=_COPIES_ONLY),
         Index("ix_articles_change_seq", "change_seq", "id"),
+        Index("ix_articles_page_due", "page_due_at", sqlite_where=_PAGE_WANTED, postgresql_where=_PAGE_WANTED),
     )
 
 

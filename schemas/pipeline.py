@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: What a stage's message carries (``schemas/payloads.py``).
-POLL, ARTICLES, FEED, SUBSCRIPTION, NOTHING = "poll", "articles", "feed", "subscription", "nothing"
+POLL, ARTICLES, PAGES, FEED, SUBSCRIPTION, NOTHING = "poll", "articles", "pages", "feed", "subscription", "nothing"
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Stage:
     task: str
     #: The module that defines the task (imported by every worker).
     module: str
-    #: POLL (``PollRef``), ARTICLES (``ArticleBatch``), FEED (a feed id), SUBSCRIPTION
+    #: POLL (``PollRef``), ARTICLES (``ArticleBatch``), PAGES (an ``ArticleBatch`` of articles
+    #: whose linked pages to fetch; they are in no stage for it), FEED (a feed id), SUBSCRIPTION
     #: (``{"subscription_id"}``) or NOTHING (periodic).
     message: str
     #: The stage its results are handed to, or None at the end of its line.
@@ -52,6 +53,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("fetch", "fetch", "feedmill.fetch", "tasks.fetch", POLL, successor="parse"),
     Stage("parse", "parse", "feedmill.parse", "tasks.parse", POLL, successor="clean"),
     Stage("clean", "clean", "feedmill.clean", "tasks.clean.stage", ARTICLES, successor="dedupe", reprocessable=True),
+    Stage("fulltext", "fulltext", "feedmill.fulltext", "tasks.clean.stage", PAGES),
+    Stage("fulltext_due", "fulltext", "feedmill.fulltext_due", "tasks.clean.stage", NOTHING),
     Stage("dedupe", "dedupe", "feedmill.dedupe", "tasks.dedupe", ARTICLES, successor="classify", reprocessable=True),
     Stage("classify", "classify", "feedmill.classify", "tasks.classify", ARTICLES, successor="deliver",
           reprocessable=True),

@@ -139,6 +139,9 @@ class Settings:
     delivery_backoff_cap: float = 3600.0
     #: FEEDMILL_DELIVER_EVERY: seconds between the looks for events due (retries, lost messages).
     deliver_every: float = 5.0
+    #: FEEDMILL_FULL_TEXT_EVERY: seconds between the looks for linked pages due (articles that went
+    #: on with their summary while their host was busy).
+    full_text_every: float = 5.0
     #: FEEDMILL_STREAM_MAXLEN: approximate length a Redis stream subscription is trimmed to.
     stream_maxlen: int = 100_000
     #: FEEDMILL_STREAM_REDIS_URL: the Redis that stream subscriptions write to (default: the broker, if Redis).
@@ -195,6 +198,7 @@ class Settings:
             delivery_retry_for=float(env("FEEDMILL_DELIVERY_RETRY_FOR") or cls.delivery_retry_for),
             delivery_backoff_cap=float(env("FEEDMILL_DELIVERY_BACKOFF_CAP") or cls.delivery_backoff_cap),
             deliver_every=float(env("FEEDMILL_DELIVER_EVERY") or cls.deliver_every),
+            full_text_every=float(env("FEEDMILL_FULL_TEXT_EVERY") or cls.full_text_every),
             stream_maxlen=int(env("FEEDMILL_STREAM_MAXLEN") or cls.stream_maxlen),
             stream_redis_url=env("FEEDMILL_STREAM_REDIS_URL") or cls.stream_redis_url,
             retention=_env_duration("FEEDMILL_RETENTION", "90d", forever=True),

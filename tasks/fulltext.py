@@ -3,16 +3,17 @@
 Part of the clean stage. ``fetch_page`` obeys the rules feed fetches obey
 (``check_url_allowed`` and ``check_connected_address`` on every redirect hop,
 the body cap, the timeouts and the whole-fetch deadline); ``fetch_pages``
-takes a per-host slot from ``politeness`` for each page and, rather than block
-a worker on a busy host, defers the article to a later clean task. ``extract_page`` is pure: trafilatura
-finds the main text and the page's date.
+takes a per-host slot (``tasks.storage.hosts``) for each page and, rather than block
+a worker on a busy host, leaves the page for later: clean goes on with the summary, and the page
+task (``feedmill.fulltext``) fetches it in its host's turn and cleans the article again.
+``extract_page`` is pure: trafilatura finds the main text and the page's date.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from schemas.db import session_scope
@@ -22,12 +23,15 @@ from tasks.storage.hosts import SlotClaim, claim_host_slot, free_host_slot
 
 FULL_TEXT_MODES = ("on", "off", "auto")
 PAGE_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
-#: A busy host is waited for this long at most per page; beyond it the article is deferred.
+#: The page task waits for a busy host this long at most per page; beyond it the page is left for later.
 SLOT_WAIT_LIMIT = 2.0
-#: One clean task spends at most this long fetching pages; the rest are deferred.
+#: One page task spends at most this long fetching pages; the rest are left for later.
 PAGES_BUDGET = 30.0
-#: After this many deferrals an article keeps its summary, with a note saying why.
-MAX_DEFERRALS = 5
+#: The clean stage fetches a page only if its host's slot is free at once, and spends at most
+#: this long on pages: a slow host never holds an article back (it goes on with its summary).
+CLEAN_PAGES_BUDGET = 10.0
+#: A page wanted this long after its article was stored is given up: the article keeps its summary.
+GIVE_UP_AFTER = timedelta(days=1)
 NOTE_LIMIT = 300
 
 
@@ -44,7 +48,8 @@ class Page:
 
 @dataclass
 class PageRound:
-    """The pages one clean task fetched, and the articles deferred to a later task."""
+    """The pages one task fetched (or gave up, with a note), and the articles whose pages must
+    wait for their host's turn, with how long at least."""
 
     pages: dict[int, Page] = field(default_factory=dict)
     deferred: list[int] = field(default_factory=list)
@@ -101,20 +106,21 @@ def _page_date(value: str | None) -> datetime | None:
         return None
 
 
-def fetch_pages(settings: Settings, wanted: list[tuple[int, str]], give_up_waiting: bool) -> PageRound:
+def fetch_pages(
+    settings: Settings, wanted: list[tuple[int, str]], slot_wait: float = SLOT_WAIT_LIMIT, budget: float = PAGES_BUDGET
+) -> PageRound:
     """Fetch each (article id, link) page in its host's turn; defer what cannot go now.
 
-    A busy host is waited for up to ``SLOT_WAIT_LIMIT`` per page and all pages
-    share ``PAGES_BUDGET``; an article past either is deferred (re-sent later),
-    unless ``give_up_waiting``, when it keeps its summary with a note.
+    A busy host is waited for up to ``slot_wait`` per page and all pages share ``budget``;
+    an article past either is deferred.
     """
     result = PageRound()
-    budget_end = time.monotonic() + PAGES_BUDGET
+    budget_end = time.monotonic() + budget
     for article_id, link in wanted:
         host = urlsplit(link).hostname or ""
         waited = 0.0
         claim = _claim(settings, host)
-        while claim.slot_id is None and waited + claim.wait_seconds <= SLOT_WAIT_LIMIT:
+        while claim.slot_id is None and waited + claim.wait_seconds <= slot_wait:
             if time.monotonic() + claim.wait_seconds > budget_end:
                 break
             time.sleep(claim.wait_seconds)
@@ -123,11 +129,8 @@ def fetch_pages(settings: Settings, wanted: list[tuple[int, str]], give_up_waiti
         if claim.slot_id is None or time.monotonic() > budget_end:
             if claim.slot_id is not None:
                 _free(settings, claim.slot_id)
-            if give_up_waiting:
-                result.pages[article_id] = Page(link, note=f"full text: {host} stayed busy; kept the feed's text")
-            else:
-                result.deferred.append(article_id)
-                result.wait_seconds = max(result.wait_seconds, claim.wait_seconds, 1.0)
+            result.deferred.append(article_id)
+            result.wait_seconds = max(result.wait_seconds, claim.wait_seconds, 1.0)
             continue
         try:
             final_url, body, error = fetch_page(link, settings)
@@ -141,6 +144,12 @@ def fetch_pages(settings: Settings, wanted: list[tuple[int, str]], give_up_waiti
         except Exception as exc:  # a page trafilatura cannot read keeps the summary
             result.pages[article_id] = Page(final_url, note=f"full text: extraction failed: {exc}"[:NOTE_LIMIT])
     return result
+
+
+def given_up(link: str) -> Page:
+    """The page of an article that waited ``GIVE_UP_AFTER`` for its host: the summary stays."""
+    host = urlsplit(link).hostname or ""
+    return Page(link, note=f"full text: {host} stayed busy for {GIVE_UP_AFTER.days} day; kept the feed's text")
 
 
 def _claim(settings: Settings, host: str) -> SlotClaim:

@@ -64,6 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                                       "options": {"expires": RECOVER_EVERY}},
             "send-due-deliveries": {"task": "feedmill.deliver_due", "schedule": settings.deliver_every,
                                     "options": {"expires": max(settings.deliver_every, 5.0)}},
+            "send-due-pages": {"task": "feedmill.fulltext_due", "schedule": settings.full_text_every,
+                               "options": {"expires": max(settings.full_text_every, 5.0)}},
             "prune-old-articles": {"task": "feedmill.prune", "schedule": settings.prune_every,
                                    "options": {"expires": max(settings.prune_every, 10.0)}},
         },

@@ -38,6 +38,7 @@ from schemas.pipeline import QUEUES
 from schemas.settings import Settings
 from tasks.base import send
 from tasks.storage import deliveries
+from tasks.storage.articles import pages_waiting
 from tasks.storage import service as service_storage
 from tasks.storage.feeds import active_feed_count
 from workers.scheduler import claim_feeds, enqueue_fetches, recover_lost, requeue_unfinished
@@ -315,6 +316,8 @@ class RoundSummary:
     duplicates: int = 0
     #: The round's events by status (delivered, pending, dead): pending ones wait for a retry.
     events: dict[str, int] = field(default_factory=dict)
+    #: Articles that went on with their summary, their linked page still wanted (a busy host).
+    pages_due: int = 0
     seconds: float = 0.0
     #: Set when the round timed out: what was still unfinished.
     timed_out: bool = False
@@ -348,6 +351,7 @@ class RoundSummary:
             "articles_failed": self.articles_failed,
             "duplicates": self.duplicates,
             "events": self.events,
+            "pages_due": self.pages_due,
             "seconds": round(self.seconds, 3),
             "requeued": self.requeued,
             "failed_feeds": [{"url": p.feed_url, "status_code": p.status_code, "error": p.error} for p in self.feed_errors],
@@ -511,6 +515,7 @@ class Round:
             summary.failed_articles = [FailedArticle(*row) for row in failed]
             summary.articles_failed = len(summary.failed_articles)
             summary.events = deliveries.events_since(session, self.started_at)
+            summary.pages_due = pages_waiting(session)
             if summary.timed_out:
                 counts = service_storage.pending_articles_by_stage(session, self.dead.article_ids)
                 summary.unfinished_articles = {stage: n for stage, n in counts.items() if n}

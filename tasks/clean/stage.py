@@ -1,30 +1,46 @@
 """The clean stage's task: load a batch's entries, clean them, write the articles, hand on.
 
 ``run_clean`` reads the waiting entries and drafts them outside any transaction, fetches the
-linked pages a summary-only entry wants (``tasks.fulltext``), then cleans and writes the batch
-in one ``run_article_stage`` transaction, learning each feed's furniture on the way. The SQL
-is in ``tasks.storage.articles`` and ``tasks.storage.furniture``.
+linked pages a summary-only entry wants (``tasks.fulltext``) whose hosts are free at once, then
+cleans and writes the batch in one ``run_article_stage`` transaction, learning each feed's
+furniture on the way. An article whose host is busy goes on with its summary, its page due
+(``articles.page_due_at``): the page task ``feedmill.fulltext`` (sent by ``feedmill.fulltext_due``,
+periodic) fetches it in its host's turn and cleans the article again with it, so dedupe,
+classify and deliver run again (an ``article.updated`` event). The SQL is in
+``tasks.storage.articles`` and ``tasks.storage.furniture``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from celery import shared_task
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from schemas.models import Article
+from schemas.db import session_scope
+from schemas.models import Article, utcnow
 from schemas.payloads import ArticleBatch, CleanArticle, RawEntry
 from schemas.pipeline import stage_named
 from schemas.settings import Settings, current_settings
-from tasks.base import StageTask, hand_on_articles
+from tasks.base import StageTask, hand_on_articles, send
 from tasks.clean.entry import Draft, body_chars, draft_entry, draft_with_page, finish_entry
 from tasks.clean.furniture import FURNITURE_WINDOW, learn_furniture, paragraph_fingerprints
 from tasks.clean.text import plain_text
-from tasks.fulltext import MAX_DEFERRALS, Page, PageRound, fetch_pages, wants_page
-from tasks.storage.articles import Changes, raw_entries, run_article_stage, waiting_entries
+from tasks.fulltext import CLEAN_PAGES_BUDGET, GIVE_UP_AFTER, Page, PageRound, fetch_pages, given_up, wants_page
+from tasks.storage.articles import (
+    Changes,
+    back_to_clean_with_page,
+    claim_due_pages,
+    due_pages,
+    pages_due_later,
+    raw_entries,
+    run_article_stage,
+    waiting_entries,
+)
 from tasks.storage.furniture import recent_fingerprints, replace_fingerprints
 
 STAGE = stage_named("clean").name
@@ -48,9 +64,11 @@ class CleanBatch:
     #: What the writing transaction reads of each article; the raw text comes from ``planned``.
     columns = (Article.feed_id, Article.raw_hash, Article.raw_author, Article.published_at)
 
-    def __init__(self, pages: dict[int, Page], planned: dict[int, Planned]) -> None:
+    def __init__(self, pages: dict[int, Page], planned: dict[int, Planned], page_due: dict[int, datetime]) -> None:
         self.pages = pages
         self.planned = planned
+        #: Articles that go on with their summary, and when their page is due.
+        self.page_due = page_due
         self.results: dict[int, CleanArticle | Exception] = {}
 
     def prepare(self, session: Session, rows: Sequence[Row[Any]]) -> None:
@@ -99,6 +117,7 @@ class CleanBatch:
             "html": cleaned.html,
             "images": [image.to_dict() for image in cleaned.images],
             "clean_note": page.note if page else None,
+            "page_due_at": self.page_due.get(row.id),
         }
         if row.published_at is None and page is not None:
             changes["published_at"] = page.published_at
@@ -106,11 +125,10 @@ class CleanBatch:
 
 
 class CleanStep(NamedTuple):
-    """Ids ready for dedupe, and ids deferred (a busy host) with how long to wait."""
+    """Ids ready for dedupe, and how many went on with their summary, their page due later."""
 
     ready: list[int]
-    deferred: list[int]
-    wait_seconds: float
+    pages_due: int
 
 
 def plan_pages(settings: Settings, article_ids: Sequence[int]) -> tuple[list[tuple[int, str]], dict[int, Planned]]:
@@ -138,24 +156,65 @@ def plan_pages(settings: Settings, article_ids: Sequence[int]) -> tuple[list[tup
     return wanted, planned
 
 
-def run_clean(settings: Settings, article_ids: Sequence[int], deferrals: int = 0) -> CleanStep:
-    """Fetch the pages the batch needs (outside any transaction), then clean the batch."""
+def run_clean(settings: Settings, article_ids: Sequence[int], pages: dict[int, Page] | None = None) -> CleanStep:
+    """Clean the batch: with ``pages`` (the page task's), those pages; otherwise fetch the pages it
+    wants whose hosts are free now (outside any transaction), the others due later."""
     wanted, planned = plan_pages(settings, article_ids)
-    pages = fetch_pages(settings, wanted, give_up_waiting=deferrals >= MAX_DEFERRALS) if wanted else PageRound()
-    deferred = set(pages.deferred)
-    now = [i for i in article_ids if i not in deferred]
-    batch = CleanBatch(pages.pages, planned)
-    ready = run_article_stage(settings, STAGE, now, batch.columns, batch.decide, prepare=batch.prepare) if now else []
-    return CleanStep(ready, pages.deferred, pages.wait_seconds)
+    page_due: dict[int, datetime] = {}
+    if pages is None:
+        fetched = fetch_pages(settings, wanted, slot_wait=0.0, budget=CLEAN_PAGES_BUDGET) if wanted else PageRound()
+        pages = fetched.pages
+        due = utcnow() + timedelta(seconds=fetched.wait_seconds)
+        page_due = {article_id: due for article_id in fetched.deferred}
+    batch = CleanBatch(pages, planned, page_due)
+    ready = run_article_stage(settings, STAGE, article_ids, batch.columns, batch.decide, prepare=batch.prepare)
+    return CleanStep(ready, len(page_due))
 
 
 @shared_task(base=StageTask, name="feedmill.clean")
 def clean_task(message: dict) -> None:
-    batch = ArticleBatch.from_message(message)
-    deferrals = int(message.get("deferrals", 0))
-    step = run_clean(current_settings(), batch.article_ids, deferrals)
-    if step.deferred:
-        later = ArticleBatch(tuple(step.deferred)).to_message() | {"deferrals": deferrals + 1}
-        clean_task.apply_async((later,), countdown=step.wait_seconds)
-    hand_on_articles(STAGE, step.ready)
+    hand_on_articles(STAGE, run_clean(current_settings(), ArticleBatch.from_message(message).article_ids).ready)
 
+
+# ------------------------------------------------------------------ pages later
+
+#: Due pages looked at per look of ``fulltext_due``, and sent per host (one page task a host).
+DUE_PAGES_LIMIT, PAGES_PER_HOST = 5000, 20
+
+
+def run_page_fetches(settings: Settings, article_ids: Sequence[int]) -> list[int]:
+    """Fetch the due pages of these articles in their hosts' turns, for about one look of
+    ``fulltext_due`` (so page tasks of one host hardly overlap), and clean those articles again
+    with them; a page still waiting for its host stays due. Return the ids ready for dedupe."""
+    now = utcnow()
+    budget = settings.full_text_every
+    with session_scope(settings) as session:
+        claimed = claim_due_pages(session, article_ids, now, lease=budget + 60.0)
+    stale = {page.id: given_up(page.link) for page in claimed if now - page.created_at > GIVE_UP_AFTER}
+    fetched = fetch_pages(settings, [(page.id, page.link) for page in claimed if page.id not in stale], budget=budget)
+    pages = fetched.pages | stale
+    with session_scope(settings) as session:
+        pages_due_later(session, fetched.deferred, utcnow() + timedelta(seconds=fetched.wait_seconds))
+        again = back_to_clean_with_page(session, sorted(pages))
+    if not again:
+        return []
+    return run_clean(settings, again, {article_id: pages[article_id] for article_id in again}).ready
+
+
+@shared_task(base=StageTask, name="feedmill.fulltext")
+def fulltext_task(message: dict) -> None:
+    hand_on_articles(STAGE, run_page_fetches(current_settings(), ArticleBatch.from_message(message).article_ids))
+
+
+@shared_task(base=StageTask, name="feedmill.fulltext_due")
+def fulltext_due_task() -> int:
+    """Periodic (celery beat, every FEEDMILL_FULL_TEXT_EVERY s): one page task per host with pages
+    due, the longest waiting first; what a task cannot fetch in its turn is due again later."""
+    with session_scope(current_settings(), read_only=True) as session:
+        due = due_pages(session, utcnow(), DUE_PAGES_LIMIT)
+    by_host: dict[str, list[int]] = {}
+    for article_id, link in due:
+        by_host.setdefault(urlsplit(link).hostname or "", []).append(article_id)
+    for ids in by_host.values():
+        send("fulltext", ArticleBatch(tuple(ids[:PAGES_PER_HOST])).to_message())
+    return len(by_host)

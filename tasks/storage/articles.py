@@ -13,7 +13,7 @@ import logging
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Row, case, func, select, update
@@ -22,7 +22,14 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from schemas.db import session_scope
 from schemas.models import FAILED, OK, PENDING, Article, Feed, utcnow
 from schemas.payloads import RawEntry
-from schemas.pipeline import ANNOUNCE_STAGE, DONE, article_position_after, positions_from, stage_named
+from schemas.pipeline import (
+    ANNOUNCE_STAGE,
+    DONE,
+    FIRST_ARTICLE_STAGE,
+    article_position_after,
+    positions_from,
+    stage_named,
+)
 from schemas.settings import Settings
 from tasks import metrics
 from tasks.failures import is_transient
@@ -256,6 +263,61 @@ def waiting_entries(settings: Settings, stage: str, article_ids: Sequence[int]) 
             .order_by(Article.id)
         ).all()
     return [WaitingEntry(row.id, raw_entry(row), row.full_text) for row in rows]
+
+
+class DuePage(NamedTuple):
+    """An article whose linked page is due, claimed for a while by one page task."""
+
+    id: int
+    link: str
+    created_at: datetime
+
+
+def due_pages(session: Session, now: datetime, limit: int) -> list[tuple[int, str]]:
+    """(article id, link) of the articles whose linked page is due, the longest waiting first."""
+    return [tuple(row) for row in session.execute(
+        select(Article.id, Article.link).where(Article.page_due_at <= now, Article.link.is_not(None))
+        .order_by(Article.page_due_at, Article.id).limit(limit)
+    )]
+
+
+def claim_due_pages(session: Session, article_ids: Sequence[int], now: datetime, lease: float) -> list[DuePage]:
+    """Take these articles' pages that are due for ``lease`` s (another page task skips them
+    meanwhile; a task that dies leaves them due again when the lease ends)."""
+    rows = session.execute(
+        update(Article)
+        .where(Article.id.in_(list(article_ids)), Article.page_due_at <= now, Article.link.is_not(None))
+        .values(page_due_at=now + timedelta(seconds=lease))
+        .returning(Article.id, Article.link, Article.created_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(DuePage(*row) for row in rows)
+
+
+def pages_due_later(session: Session, article_ids: Sequence[int], when: datetime) -> None:
+    """These articles' pages could not be fetched yet (their host is busy): due again at ``when``."""
+    if article_ids:
+        session.execute(update(Article).where(Article.id.in_(list(article_ids)), Article.page_due_at.is_not(None))
+                        .values(page_due_at=when))
+
+
+def back_to_clean_with_page(session: Session, article_ids: Sequence[int]) -> list[int]:
+    """These articles' pages came (or gave up): they are wanted no more, and the articles go back
+    to clean, pending, to be cleaned with them. Return those still waiting for their page."""
+    if not article_ids:
+        return []
+    return sorted(session.scalars(
+        update(Article)
+        .where(Article.id.in_(list(article_ids)), Article.page_due_at.is_not(None))
+        .values(page_due_at=None, stage=FIRST_ARTICLE_STAGE, status=PENDING, error=None, updated_at=utcnow())
+        .returning(Article.id)
+        .execution_options(synchronize_session=False)
+    ))
+
+
+def pages_waiting(session: Session) -> int:
+    """Articles that went on with their summary and still want their linked page."""
+    return session.scalar(select(func.count()).select_from(Article).where(Article.page_due_at.is_not(None))) or 0
 
 
 def raw_entries(session: Session, article_ids: Sequence[int]) -> dict[int, RawEntry]:

@@ -191,6 +191,9 @@ def _print_summary(summary: service.RoundSummary, out: TextIO) -> None:
         f"{summary.duplicates} duplicate(s)",
         file=out,
     )
+    if summary.pages_due:
+        print(f"full text: {summary.pages_due} article(s) went on with their summary; the service fetches their "
+              "pages in their hosts' turn and cleans them again", file=out)
     if any(summary.events.values()):
         print(f"events: {summary.events['delivered']} delivered, {summary.events['pending']} waiting for a retry "
               f"(the service sends them), {summary.events['dead']} dead (see: feedmill failures)", file=out)
