@@ -25,6 +25,7 @@ def test_status_counts_queued_messages_and_hides_passwords(settings: Settings) -
     assert status["feeds"] == {"ok": 2, "failing": 0, "paused": 1, "retired": 0}
     assert status["oldest_stuck"]["kind"] == "poll" and status["oldest_stuck"]["stage"] == "fetch"
     assert status["articles"] == {} and status["failures_open"] == {}
+    assert status["pages_due"] == 0
     text = ok(feedmill(settings, "status"))
     assert "queues: schedule 0, fetch 2, parse 0" in text and "workers: 0 answering" in text
     assert "oldest unfinished: poll" in text

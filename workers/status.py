@@ -25,6 +25,7 @@ from schemas.settings import Settings
 from tasks.storage import deliveries as deliveries_storage
 from tasks.storage import service as service_storage
 from tasks.storage import status as storage
+from tasks.storage.articles import pages_waiting
 from tasks.storage.reading import iso
 from workers.celery_app import celery_config
 
@@ -136,6 +137,7 @@ def pipeline_status(settings: Settings, app: Celery | None = None) -> dict[str, 
             stuck_after=settings.stuck_after,
             service=service_storage.live_children(session),
             subscriptions=deliveries_storage.delivery_counts(session, now),
+            pages_due=pages_waiting(session),
         )
     return status
 

@@ -64,6 +64,9 @@ def status(as_json: bool) -> None:
         lag = f", oldest pending {_ago(sub['oldest_pending_seconds'])}" if sub["oldest_pending_seconds"] is not None else ""
         lines.append(f"subscription {sub['name']} ({sub['kind']}, {sub['status']}): {sub['delivered']} delivered, "
                      f"{sub['pending']} pending, {sub['retrying']} retrying, {sub['dead']} dead{lag}")
+    if s["pages_due"]:
+        lines.append(f"full text: {s['pages_due']} article(s) went on with their summary, their page due "
+                     "(fetched in its host's turn)")
     stuck = s["oldest_stuck"]
     if stuck is None:
         lines.append("oldest unfinished: nothing waiting")
