@@ -1,6 +1,7 @@
 """Webhook delivery: the delivery issue's scenario under `feedmill run`, and the sending rate.
 
-    .venv/bin/python benchmarks/delivery.py [--scenario service|throughput|all] [--events 5000] [--json]
+    .venv/bin/python benchmarks/delivery.py [--scenario service|throughput|all] [--events 5000]
+        [--backend sqlite|postgres] [--json]
 
 - ``service``: an empty folder, the embedded default (SQLite, the filesystem broker), six feeds of
   50 entries from a local publisher, and a webhook subscription to a local receiver that answers
@@ -9,7 +10,8 @@
   whether every call's signature verified and every retried `webhook-id` carried the same body.
 - ``throughput``: ``--events`` pending events stored directly for one subscription, then sent by
   ``tasks.deliver.run_send`` in this process (as one worker process would) to a receiver answering
-  204 at once. Measured: events per second.
+  204 at once, on SQLite or (``--backend postgres``) a fresh PostgreSQL database. Measured: events
+  per second.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from receiver import Receiver
 from standardwebhooks.webhooks import Webhook
 
 FEEDS, ENTRIES = 6, 50
+ADMIN_URL = os.environ.get("FEEDMILL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TIMEOUT = 240.0
 
 
@@ -94,10 +97,18 @@ def scenario_service() -> dict[str, Any]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def scenario_throughput(events: int) -> dict[str, Any]:
+def scenario_throughput(events: int, backend: str) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="feedmill-delivery-rate-"))
-    os.environ.update(FEEDMILL_HOME=str(home), FEEDMILL_DATABASE_URL=f"sqlite:///{home / 'feedmill.db'}")
-    from schemas.db import migrate, session_scope
+    database_url, database = f"sqlite:///{home / 'feedmill.db'}", None
+    if backend == "postgres":
+        import psycopg
+
+        database = f"feedmill_bench_delivery_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        database_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
+    os.environ.update(FEEDMILL_HOME=str(home), FEEDMILL_DATABASE_URL=database_url)
+    from schemas.db import get_engine, migrate, session_scope
     from schemas.models import Delivery, Subscription, utcnow
     from schemas.settings import Settings
     from tasks.deliver import new_secret, run_send
@@ -125,24 +136,31 @@ def scenario_throughput(events: int) -> dict[str, Any]:
         while run_send(settings, subscription_id):
             pass
         seconds = time.perf_counter() - started
-        return {"events": events, "received": len(receiver.calls), "seconds": round(seconds, 2),
+        return {"backend": backend, "events": events, "received": len(receiver.calls), "seconds": round(seconds, 2),
                 "events_per_second": round(len(receiver.calls) / seconds), "body_bytes": len(body)}
     finally:
         receiver.close()
         shutil.rmtree(home, ignore_errors=True)
+        if database:
+            import psycopg
+
+            get_engine(database_url).dispose()
+            with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=("service", "throughput", "all"), default="all")
     parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite", help="for throughput")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     report = {}
     if args.scenario in ("service", "all"):
         report["service"] = scenario_service()
     if args.scenario in ("throughput", "all"):
-        report["throughput"] = scenario_throughput(args.events)
+        report["throughput"] = scenario_throughput(args.events, args.backend)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
