@@ -11,6 +11,7 @@ place and a tag each. Then each kind of request is timed over HTTP with one keep
 
     .venv/bin/python benchmarks/api.py --articles 100000
     .venv/bin/python benchmarks/api.py --articles 2000 --requests 20 --backend sqlite   # tiny
+    .venv/bin/python benchmarks/api.py --database-url postgresql://.../db   # filled once, kept: A/B runs
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import httpx
 from articles_db import add_feed, store_settings
-from sqlalchemy import insert, text
+from sqlalchemy import func, insert, select, text
 
 from schemas.db import get_engine, session_scope
 from schemas.models import OK, Article, utcnow
@@ -102,22 +103,28 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--backend", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--port", type=int, default=18931)
+    parser.add_argument("--database-url", help="use (and keep) this PostgreSQL database, filled only if it has no articles")
     args = parser.parse_args()
     rng = random.Random(20)
     home = Path(tempfile.mkdtemp(prefix="feedmill-bench-api-"))
     database = None
-    if args.backend == "postgres":
+    if args.backend == "postgres" and not args.database_url:
         import psycopg
 
         database = f"feedmill_bench_api_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{database}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{database}" if database else None
+    url = args.database_url or (ADMIN_URL.rsplit("/", 1)[0] + f"/{database}" if database else None)
     web = None
     try:
         settings = store_settings(home, url)
         begin = time.perf_counter()
-        words = fill(settings, args.articles, rng)
+        with session_scope(settings, read_only=True) as session:
+            stored = session.scalar(select(func.count()).select_from(Article))
+        if stored:  # a kept database: the same words, drawn as fill drew them
+            words, args.articles = vocabulary(rng), stored
+        else:
+            words = fill(settings, args.articles, rng)
         filled = time.perf_counter() - begin
         env = os.environ | {"FEEDMILL_HOME": str(home), "FEEDMILL_DATABASE_URL": settings.database_url,
                             "FEEDMILL_API_TOKEN": "bench"}

@@ -1,6 +1,7 @@
 """Webhook delivery: the delivery issue's scenario under `feedmill run`, and the sending rate.
 
-    .venv/bin/python benchmarks/delivery.py [--scenario service|throughput|all] [--events 5000] [--json]
+    .venv/bin/python benchmarks/delivery.py [--scenario service|throughput|worker|all] [--events 5000]
+        [--backend sqlite|postgres] [--json]
 
 - ``service``: an empty folder, the embedded default (SQLite, the filesystem broker), six feeds of
   50 entries from a local publisher, and a webhook subscription to a local receiver that answers
@@ -9,7 +10,11 @@
   whether every call's signature verified and every retried `webhook-id` carried the same body.
 - ``throughput``: ``--events`` pending events stored directly for one subscription, then sent by
   ``tasks.deliver.run_send`` in this process (as one worker process would) to a receiver answering
-  204 at once. Measured: events per second.
+  204 at once, on SQLite or (``--backend postgres``) a fresh PostgreSQL database. Measured: events
+  per second.
+- ``worker``: the same events on PostgreSQL, sent by a real ``feedmill worker --queues deliver``
+  with a Redis broker (``FEEDMILL_BENCH_REDIS_URL``, DB 12 by default), woken by one ``send``
+  message: the whole path of the production set-up. Measured: events per second from that message.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from receiver import Receiver
 from standardwebhooks.webhooks import Webhook
 
 FEEDS, ENTRIES = 6, 50
+ADMIN_URL = os.environ.get("FEEDMILL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("FEEDMILL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 TIMEOUT = 240.0
 
 
@@ -94,10 +101,22 @@ def scenario_service() -> dict[str, Any]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def scenario_throughput(events: int) -> dict[str, Any]:
+def scenario_throughput(events: int, backend: str, worker: bool = False) -> dict[str, Any]:
+    """``events`` pending events of one subscription, sent by ``run_send`` in this process, or
+    (``worker``) by a real ``feedmill worker --queues deliver`` on PostgreSQL and Redis, woken by
+    one ``send`` message (each send task hands on to the next through the broker)."""
     home = Path(tempfile.mkdtemp(prefix="feedmill-delivery-rate-"))
-    os.environ.update(FEEDMILL_HOME=str(home), FEEDMILL_DATABASE_URL=f"sqlite:///{home / 'feedmill.db'}")
-    from schemas.db import migrate, session_scope
+    database_url, database = f"sqlite:///{home / 'feedmill.db'}", None
+    if backend == "postgres":
+        import psycopg
+
+        database = f"feedmill_bench_delivery_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        database_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
+    os.environ.update(FEEDMILL_HOME=str(home), FEEDMILL_DATABASE_URL=database_url,
+                      FEEDMILL_BROKER_URL=REDIS_URL if worker else "filesystem://localhost/")
+    from schemas.db import get_engine, migrate, session_scope
     from schemas.models import Delivery, Subscription, utcnow
     from schemas.settings import Settings
     from tasks.deliver import new_secret, run_send
@@ -105,6 +124,7 @@ def scenario_throughput(events: int) -> dict[str, Any]:
     settings = Settings.from_env()
     migrate(settings)
     receiver = Receiver(status=204)
+    process = None
     try:
         now = utcnow()
         body = json.dumps({"type": "article.created", "timestamp": "2026-12-07T00:00:00Z",
@@ -121,28 +141,65 @@ def scenario_throughput(events: int) -> dict[str, Any]:
                 for i in range(events)
             ])
             subscription_id = subscription.id
-        started = time.perf_counter()
-        while run_send(settings, subscription_id):
-            pass
+        if worker:
+            process, log = start_deliver_worker(home)
+            from tasks.base import send
+            from workers.celery_app import app  # noqa: F401 - configures the broker send() uses
+
+            started = time.perf_counter()
+            send("send", {"subscription_id": subscription_id})
+            while len(receiver.calls) < events and time.perf_counter() - started < TIMEOUT:
+                time.sleep(0.01)
+        else:
+            started = time.perf_counter()
+            while run_send(settings, subscription_id):
+                pass
         seconds = time.perf_counter() - started
-        return {"events": events, "received": len(receiver.calls), "seconds": round(seconds, 2),
+        return {"backend": backend + (" + redis, feedmill worker" if worker else ", in process"), "events": events,
+                "received": len(receiver.calls), "seconds": round(seconds, 2),
                 "events_per_second": round(len(receiver.calls) / seconds), "body_bytes": len(body)}
     finally:
+        if process is not None:
+            process.terminate()
+            process.wait(60)
         receiver.close()
         shutil.rmtree(home, ignore_errors=True)
+        if database:
+            import psycopg
+
+            get_engine(database_url).dispose()
+            with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def start_deliver_worker(home: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """``feedmill worker --queues deliver``, waited for until ready."""
+    log = home / "worker.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "workers", "worker", "--queues", "deliver", "--concurrency", "2"],
+                                   env=os.environ.copy(), cwd=home, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while "ready." not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return process, log
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=("service", "throughput", "all"), default="all")
+    parser.add_argument("--scenario", choices=("service", "throughput", "worker", "all"), default="all")
     parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite", help="for throughput")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     report = {}
     if args.scenario in ("service", "all"):
         report["service"] = scenario_service()
     if args.scenario in ("throughput", "all"):
-        report["throughput"] = scenario_throughput(args.events)
+        report["throughput"] = scenario_throughput(args.events, args.backend)
+    if args.scenario in ("worker", "all"):
+        report["worker"] = scenario_throughput(args.events, "postgres", worker=True)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -1,7 +1,7 @@
 """End-to-end throughput: feedmill's whole pipeline against the `reader` library, on the same feeds.
 
     .venv/bin/python benchmarks/pipeline.py [--feeds 200] [--entries 50] [--corpus ../shared/data/bbc]
-        [--backends embedded,postgres+redis] [--inline] [--concurrency 2] [--profile DIR] [--json]
+        [--backends embedded,postgres+redis] [--inline] [--webhook] [--concurrency 2] [--profile DIR] [--json]
 
 Builds N feeds of M entries (see ``corpus.py``), serves them from a local
 publisher that answers conditional GETs (``publisher.py``), one loopback
@@ -14,7 +14,10 @@ process on the same kind of database (no Celery): the limit Celery's overhead
 is measured against. The peer, `reader`, runs ``update_feeds(workers=4)``
 into its own SQLite file, twice. Per-stage times are per article: each task's
 (or, inline, each call's) time divided by its batch of articles, taken from the
-worker log's ``succeeded in`` lines.
+worker log's ``succeeded in`` lines. ``--webhook`` runs each backend's Celery pass a second time,
+in a fresh store, with one webhook subscription that every article matches, to a local receiver
+answering 204 (``receiver.py``): the same workers then also make the events and send them while
+they ingest, and ``<backend> + webhook / <backend>`` is the throughput kept (target: 0.9).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 import psutil
 from corpus import build_corpus, render_rss
 from publisher import Publisher, loopback_address
+from receiver import Receiver
 
 from schemas.pipeline import LINE
 
@@ -211,11 +215,15 @@ def run_once(env: dict[str, str]) -> dict:
     return json.loads(feedmill(env, "run", "--once", "--no-workers", "--json"))
 
 
-def run_celery(backend: str, urls: list[str], publisher: Publisher, args: argparse.Namespace, home: Path) -> dict:
-    """feedmill with Celery workers: a first pass over new feeds, a second over unchanged ones."""
+def run_celery(backend: str, urls: list[str], publisher: Publisher, args: argparse.Namespace, home: Path,
+               receiver: Receiver | None = None) -> dict:
+    """feedmill with Celery workers: a first pass over new feeds, a second over unchanged ones;
+    with ``receiver``, a webhook subscription to it for every article."""
     with backend_store(backend, home) as (database_url, broker_url):
         env = feedmill_env(home, database_url, broker_url)
         feedmill(env, "feeds", "add", *urls)
+        if receiver is not None:
+            feedmill(env, "subscriptions", "add", "bench", "--webhook", receiver.url)
         log_path = home / "worker.log"
         worker, startup = start_worker(env, args.concurrency, log_path)
         try:
@@ -224,6 +232,7 @@ def run_celery(backend: str, urls: list[str], publisher: Publisher, args: argpar
             first = run_once(env)
             memory = sampler.stop()
             first_log = log_path.read_text(errors="replace")
+            delivered_in_pass = len(receiver.calls) if receiver else None
             answers = publisher.take_answers()
             second = run_once(env)
             second_answers = publisher.take_answers()
@@ -242,6 +251,7 @@ def run_celery(backend: str, urls: list[str], publisher: Publisher, args: argpar
         "stages": stages_from_log(first_log, first["articles_new"]),
         "peak_rss": memory,
         "http_answers": dict(answers),
+        **({"webhook_calls_during_first_pass": delivered_in_pass} if receiver else {}),
         "second_pass": {
             "seconds": second["seconds"],
             "feeds": second["feeds_polled"],
@@ -415,6 +425,11 @@ def ratios(runs: dict[str, dict]) -> dict[str, float]:
             result[f"{name} / {name[len('inline '):]}"] = round(
                 run["entries_per_second"] / celery["entries_per_second"], 2
             )
+        if name.endswith(" + webhook") and name[: -len(" + webhook")] in runs:
+            plain = runs[name[: -len(" + webhook")]]
+            result[f"{name} / {name[: -len(' + webhook')]}"] = round(
+                run["entries_per_second"] / plain["entries_per_second"], 2
+            )
     return result
 
 
@@ -436,6 +451,9 @@ def print_report(report: dict) -> None:
     print()
     for name, value in report["ratios"].items():
         print(f"{name}: {value}x")
+    for name, run in runs.items():
+        if "webhook_calls_during_first_pass" in run:
+            print(f"{name}: {run['webhook_calls_during_first_pass']} webhook calls received during the first pass")
     print()
     print("per stage, ms per article, median / p95:")
     print(f"{'run':<24}" + "".join(f"{stage:>20}" for stage in STAGES))
@@ -463,6 +481,8 @@ def main() -> None:
     parser.add_argument("--backends", default="embedded,postgres+redis", help="comma-separated; '' for none")
     parser.add_argument("--inline", action="store_true", help="also run the stages as plain calls, per backend")
     parser.add_argument("--no-celery", action="store_true", help="skip the Celery runs (with --inline: profiling)")
+    parser.add_argument("--webhook", action="store_true",
+                        help="also run each backend's Celery pass with one webhook subscription (every article)")
     parser.add_argument("--no-reader", action="store_true", help="skip the reader peer")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2, help="worker processes")
     parser.add_argument("--seed", type=int, default=7)
@@ -486,6 +506,14 @@ def main() -> None:
                 home.mkdir(parents=True)
                 if not args.no_celery:
                     runs[backend] = run_celery(backend, urls, publisher, args, home)
+                if not args.no_celery and args.webhook:
+                    webhook_home = Path(workdir, f"{backend}-webhook")
+                    webhook_home.mkdir(parents=True)
+                    receiver = Receiver(status=204)
+                    try:
+                        runs[f"{backend} + webhook"] = run_celery(backend, urls, publisher, args, webhook_home, receiver)
+                    finally:
+                        receiver.close()
                 if args.inline:
                     inline_home = Path(workdir, f"inline-{backend}")
                     inline_home.mkdir(parents=True)

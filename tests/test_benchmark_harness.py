@@ -145,6 +145,32 @@ def test_delivery_benchmark_sends_every_event() -> None:
     assert rate["received"] == rate["events"] == 60 and rate["events_per_second"] > 0
 
 
+def test_pipeline_benchmark_with_a_webhook_subscription() -> None:
+    """benchmarks/pipeline.py --webhook: the pass again with a subscription, and the ratio of the two."""
+    report = harness("--backends", "embedded", "--no-reader", "--webhook")
+    runs, planted = report["runs"], report["corpus"]["planted_duplicates"]
+    check_feedmill_run(runs["embedded"], planted)
+    check_feedmill_run(runs["embedded + webhook"], planted)
+    assert "webhook_calls_during_first_pass" not in runs["embedded"]
+    assert 0 <= runs["embedded + webhook"]["webhook_calls_during_first_pass"]
+    assert set(report["ratios"]) == {"embedded + webhook / embedded"}
+
+
+@pytest.mark.integration
+def test_delivery_benchmark_through_a_worker_on_postgres_and_redis() -> None:
+    """benchmarks/delivery.py --scenario worker: a real worker on PostgreSQL + Redis sends every event."""
+    require_service("PostgreSQL", _postgres_reachable)
+    require_service("Redis", _redis_reachable)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "delivery.py"), "--scenario", "worker", "--events", "60", "--json"],
+        env={**os.environ, "FEEDMILL_BENCH_REDIS_URL": REDIS_URL, "FEEDMILL_TEST_POSTGRES_URL": POSTGRES_ADMIN_URL},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rate = json.loads(result.stdout)["worker"]
+    assert rate["received"] == rate["events"] == 60 and rate["events_per_second"] > 0
+
+
 def test_retention_benchmark_levels_off_at_its_window() -> None:
     """benchmarks/retention.py on 3 feeds over 6 simulated days with a 3-day window (SQLite): 30 articles
     per feed in the window, above the floor of 20."""

@@ -8,7 +8,7 @@ pipeline exactly when its events exist), claimed by a sender with a lease, and e
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from schemas.db import insert_for
 from schemas.models import PENDING, Article, Delivery, Feed, Failure, Subscription, utcnow
 from tasks.storage.failures import record_failure
+from tasks.storage.reading import LISTED
 
 ACTIVE, PAUSED = "active", "paused"
 DELIVERED, DEAD = "delivered", "dead"
@@ -104,6 +105,20 @@ def add_deliveries(session: Session, rows: Sequence[dict[str, Any]]) -> set[int]
         .returning(Delivery.subscription_id)
     ).scalars().all()
     return set(added)
+
+
+def evented_articles(session: Session, subscription_id: int) -> Iterator[tuple[Article, str]]:
+    """The listed articles this subscription has had an event for, with their feed's URL, last
+    changed first (read 200 at a time): what its published feed is made of."""
+    has_event = select(Delivery.id).where(
+        Delivery.subscription_id == subscription_id, Delivery.article_id == Article.id
+    ).exists()
+    rows = session.execute(
+        select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id).where(*LISTED, has_event)
+        .order_by(Article.change_seq.desc(), Article.id.desc())
+    ).yield_per(200)
+    for article, feed_url in rows:
+        yield article, feed_url
 
 
 # ------------------------------------------------------------------ sending

@@ -222,7 +222,7 @@ def web(host: str, port: int) -> None:
     if not settings.websub_callback_url:
         click.echo("note: FEEDMILL_WEBSUB_CALLBACK_URL is not set, so no hub can be asked to call this endpoint", err=True)
     if not settings.api_token:
-        click.echo("note: FEEDMILL_API_TOKEN is not set, so /api answers anyone who can reach this port", err=True)
+        click.echo("note: FEEDMILL_API_TOKEN is not set, so /api and /feeds answer anyone who can reach this port", err=True)
     click.echo(f"serving the read API on http://{host}:{port}/api/v1 (OpenAPI: /api/v1/openapi.json) "
                f"and WebSub callbacks on http://{host}:{port}/websub/<feed id>", err=True)
     serve(settings, host, port)

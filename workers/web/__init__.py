@@ -2,6 +2,8 @@
 
 - ``/api/v1/...``: the read API (``workers/web/api.py``; OpenAPI at ``/api/v1/openapi.json``),
   behind ``Authorization: Bearer`` when ``FEEDMILL_API_TOKEN`` is set;
+- ``GET /feeds/NAME.atom``, ``/feeds/NAME.json``: each subscription as Atom and JSON Feed
+  (``workers/web/feeds.py``), behind the same token (or ``?token=``, for feed readers);
 - ``GET /websub/<feed id>``: a hub verifying our subscription intent;
 - ``POST /websub/<feed id>``: a hub pushing new content (signed);
 - ``GET /metrics``: Prometheus gauges of the whole pipeline, read from the
@@ -24,6 +26,7 @@ from schemas.settings import Settings
 from tasks.websub import accept_push, verify_intent
 from workers.metrics import pipeline_registry
 from workers.web.api import API_PREFIX, api_router, require_token
+from workers.web.feeds import feeds_router
 
 
 def make_app(settings: Settings) -> FastAPI:
@@ -37,6 +40,7 @@ def make_app(settings: Settings) -> FastAPI:
     registry = pipeline_registry(settings)
     app.middleware("http")(require_token(settings))
     app.include_router(api_router(settings))
+    app.include_router(feeds_router(settings))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> PlainTextResponse:

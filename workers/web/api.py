@@ -55,16 +55,25 @@ def decode_cursor(cursor: str) -> Position:
         raise HTTPException(422, f"not a cursor: {cursor!r} (pass back a next_cursor this API returned)") from None
 
 
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def require_token(settings: Settings) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """Middleware: with ``FEEDMILL_API_TOKEN`` set, every /api route (OpenAPI included) wants it
-    as a bearer token, compared in constant time; other routes pass."""
+    """Middleware: with ``FEEDMILL_API_TOKEN`` set, every /api route (OpenAPI included) and every
+    published feed (/feeds) wants it as a bearer token, compared in constant time; a feed also
+    takes it as ``?token=``, since many feed readers cannot send headers. Other routes pass."""
     expected = f"Bearer {settings.api_token}".encode()
 
     async def check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if settings.api_token and (request.url.path == "/api" or request.url.path.startswith("/api/")):
+        path = request.url.path
+        if settings.api_token and (_under(path, "/api") or _under(path, "/feeds")):
             given = request.headers.get("authorization", "").encode()
+            if _under(path, "/feeds") and "token" in request.query_params:
+                given = f"Bearer {request.query_params['token']}".encode()
             if not hmac.compare_digest(given, expected):
-                return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <FEEDMILL_API_TOKEN>)"},
+                return JSONResponse({"detail": "missing or wrong token (Authorization: Bearer <FEEDMILL_API_TOKEN>; "
+                                                "a feed also takes ?token=)"},
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
