@@ -125,10 +125,9 @@ class CleanBatch:
 
 
 class CleanStep(NamedTuple):
-    """Ids ready for dedupe, and how many went on with their summary, their page due later."""
+    """Ids ready for dedupe."""
 
     ready: list[int]
-    pages_due: int
 
 
 def plan_pages(settings: Settings, article_ids: Sequence[int]) -> tuple[list[tuple[int, str]], dict[int, Planned]]:
@@ -168,7 +167,7 @@ def run_clean(settings: Settings, article_ids: Sequence[int], pages: dict[int, P
         page_due = {article_id: due for article_id in fetched.deferred}
     batch = CleanBatch(pages, planned, page_due)
     ready = run_article_stage(settings, STAGE, article_ids, batch.columns, batch.decide, prepare=batch.prepare)
-    return CleanStep(ready, len(page_due))
+    return CleanStep(ready)
 
 
 @shared_task(base=StageTask, name="feedmill.clean")
