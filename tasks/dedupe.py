@@ -28,7 +28,7 @@ import re
 import unicodedata
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -251,12 +251,19 @@ class Match:
     similarity: float
 
 
-def worth_comparing(fp: Fingerprint, known: Known) -> bool:
-    """Whether some signature of both estimates their Jaccard at CANDIDATE_ESTIMATE or more."""
-    return any(
-        jaccard_estimate(sig, known.signatures[kind]) >= CANDIDATE_ESTIMATE
-        for kind, sig in fp.signatures.items() if kind in known.signatures
-    )
+def worth_comparing(pairs: Sequence[tuple[Fingerprint, Mapping[int, np.ndarray]]]) -> np.ndarray:
+    """For each (fingerprint, stored signatures) pair, whether some signature kind of both
+    estimates their Jaccard at CANDIDATE_ESTIMATE or more; one array comparison per kind
+    (a batch has tens of thousands of pairs at 100,000 stored articles, nearly all not worth it)."""
+    worth = np.zeros(len(pairs), dtype=bool)
+    for kind in (*SHINGLE_SIZES, LEAD):
+        having = [i for i, (fp, stored) in enumerate(pairs) if kind in fp.signatures and kind in stored]
+        if not having:
+            continue
+        new = np.stack([pairs[i][0].signatures[kind] for i in having])
+        old = np.stack([pairs[i][1][kind] for i in having])
+        worth[having] |= np.count_nonzero(new == old, axis=1) >= CANDIDATE_ESTIMATE * new.shape[1]
+    return worth
 
 
 def matches(
@@ -477,9 +484,9 @@ class DedupeBatch:
     def _load_candidates(
         self, session: Session, articles: Sequence[Row[Any]], fps: dict[int, Fingerprint], batch_ids: set[int]
     ) -> tuple[CandidateIndex, dict[int, datetime]]:
-        """Every placed article outside the batch sharing a URL, a text or a band key with it
-        (with its shingles when worth comparing), and when each of their clusters' canonical
-        article was published."""
+        """Every placed article outside the batch sharing a URL or a text with it, or a band key
+        and signatures worth comparing (those with their shingles), and when each of their
+        clusters' canonical article was published."""
         found: dict[int, Known] = {}
         urls = sorted({u for a in articles if (u := identifying_url(a.url))})
         hashes = sorted({fp.content_hash for fp in fps.values() if fp.matchable and fp.content_hash})
@@ -489,10 +496,22 @@ class DedupeBatch:
         sharing = clusters.band_sharers(session, [key for fp in fps.values() for key in fp.band_keys])
         for batch_id in batch_ids:
             sharing.pop(batch_id, None)
-        for row in clusters.placed_with_signatures(session, list(sharing)):
-            found.setdefault(row.id, _known(row)).signatures[row.shingle_words] = np.frombuffer(
-                row.signature, dtype=np.uint32
-            )
+        # Worth comparing: a sharer whose signatures are close enough to those of a batch article
+        # it shares a key with. Only those are read further, with their texts in the same query.
+        sharers_of_key: dict[int, list[int]] = defaultdict(list)
+        for article in articles:
+            if fps[article.id].matchable:
+                for key in fps[article.id].band_keys:
+                    sharers_of_key[key].append(article.id)
+        stored = clusters.signatures_of(session, list(sharing))
+        pairs = sorted({(batch_id, sharer) for sharer, keys in sharing.items() if sharer in stored
+                        for key in keys for batch_id in sharers_of_key.get(key, ())})
+        worth = worth_comparing([(fps[batch_id], stored[sharer]) for batch_id, sharer in pairs])
+        compare = {sharer for (_, sharer), yes in zip(pairs, worth) if yes}
+        for row in clusters.placed_with_texts(session, sorted(compare)):
+            known = found.setdefault(row.id, _known(row))
+            known.signatures = stored[row.id]
+            known.shingles = Shingles.of(word_hashes(words(row.text or "")))
         index = CandidateIndex()
         for article_id, candidate in found.items():
             keys: list[object] = list(sharing.get(article_id, ()))
@@ -501,15 +520,6 @@ class DedupeBatch:
             if candidate.content_hash:
                 keys.append(("text", candidate.content_hash))
             index.add(candidate, keys)
-        # The texts of the candidates some batch article is worth comparing with, in one read.
-        compare = {
-            known.id
-            for article in articles
-            for known in index.candidates(lookup_keys(fps[article.id], article.url))
-            if fps[article.id].matchable and worth_comparing(fps[article.id], known)
-        }
-        for article_id, body in clusters.texts_of(session, sorted(compare)).items():
-            found[article_id].shingles = Shingles.of(word_hashes(words(body or "")))
         canonical_published = {known.id: known.published for known in found.values() if known.cluster_id == known.id}
         unknown = {known.cluster_id for known in found.values()} - set(canonical_published)
         canonical_published |= clusters.published_times(session, sorted(unknown))

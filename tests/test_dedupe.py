@@ -38,6 +38,7 @@ from tasks.dedupe import (
     lead_words,
     matches,
     place,
+    worth_comparing,
     repointed,
     run_dedupe,
     shingle_sizes,
@@ -559,3 +560,22 @@ def test_settings_tune_the_threshold(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("FEEDMILL_DEDUPE_REISSUE_DAYS", "2")
     settings = make_settings(tmp_path)
     assert (settings.dedupe_threshold, settings.dedupe_reissue_days) == (0.9, 2.0)
+
+
+def test_only_pairs_whose_signatures_come_close_are_worth_comparing():
+    """One signature kind estimated at 0.2 or more is enough; a kind one side lacks counts for nothing."""
+    fp = fingerprint(" ".join(f"word{i}" for i in range(120)))
+    same = dict(fp.signatures)
+    far = {kind: sig + 1 for kind, sig in fp.signatures.items()}
+    lead_only = {**far, LEAD: fp.signatures[LEAD]}
+    close = {}
+    for kind, sig in fp.signatures.items():  # a quarter of the values equal: an estimate of 0.25
+        near = sig + 1
+        near[: len(sig) // 4] = sig[: len(sig) // 4]
+        close[kind] = near
+    below = {kind: np.where(np.arange(len(sig)) < len(sig) // 10, sig, sig + 1) for kind, sig in fp.signatures.items()}
+    lead_missing = {kind: sig for kind, sig in far.items() if kind != LEAD}  # its lead alone came close
+    assert worth_comparing([(fp, same), (fp, far), (fp, lead_only), (fp, close), (fp, below), (fp, lead_missing), (fp, {})]).tolist() == [
+        True, False, True, True, False, False, False,
+    ]
+    assert worth_comparing([]).tolist() == []

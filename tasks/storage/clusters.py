@@ -119,17 +119,25 @@ def band_sharers(session: Session, keys: Sequence[int]) -> dict[int, list[int]]:
     return found
 
 
-def placed_with_signatures(session: Session, article_ids: Sequence[int]) -> list[Row]:
-    """``_CANDIDATE`` columns plus ``shingle_words`` and ``signature`` of these articles, one row per
-    signature, for those in a cluster. The join drops band rows whose article is gone:
-    ``minhash_bands`` has no foreign key, and a feed removal racing a batch can leave a few."""
+def signatures_of(session: Session, article_ids: Sequence[int]) -> dict[int, dict[int, np.ndarray]]:
+    """Article id -> signature kind -> its stored signature. Nothing else is read: most articles
+    sharing a band key with a new one share no more than that, and are dropped on their signatures."""
+    found: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
+    for chunk in _chunks(sorted(article_ids)):
+        for article_id, kind, signature in session.execute(
+            select(MinhashSignature.article_id, MinhashSignature.shingle_words, MinhashSignature.signature)
+            .where(_one_of(session, MinhashSignature.article_id, chunk))
+        ):
+            found[article_id][kind] = np.frombuffer(signature, dtype=np.uint32)
+    return found
+
+
+def placed_with_texts(session: Session, article_ids: Sequence[int]) -> list[Row]:
+    """``_CANDIDATE`` columns plus ``text`` of these articles, for those in a cluster (an article
+    a feed removal deleted since its band rows were read is simply not found)."""
     found = []
     for chunk in _chunks(sorted(article_ids)):
-        found.extend(session.execute(
-            select(*_CANDIDATE, MinhashSignature.shingle_words, MinhashSignature.signature)
-            .join(MinhashSignature, MinhashSignature.article_id == Article.id)
-            .where(_one_of(session, Article.id, chunk), _PLACED)
-        ))
+        found.extend(session.execute(select(*_CANDIDATE, Article.text).where(_one_of(session, Article.id, chunk), _PLACED)))
     return found
 
 
