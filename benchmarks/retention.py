@@ -39,7 +39,8 @@ from schemas.payloads import RawEntry
 from schemas.settings import DAY, Settings
 from tasks.parse import store_entries
 from tasks.retention import run_periodic_prune
-from tasks.storage.clusters import LEAD, write_index
+from tasks.dedupe import SIGNATURE_KINDS
+from tasks.storage.clusters import write_index
 
 #: Feeds stored per transaction, as a few parse tasks' worth.
 FEEDS_PER_TRANSACTION = 50
@@ -62,7 +63,7 @@ def derive(settings: Settings, ids: list[int], feed_of: dict[int, int], rng: np.
     """What clean, dedupe and classify leave: text, index rows, fingerprints, done."""
     with session_scope(settings) as session:
         write_index(session, {
-            article_id: {kind: rng.integers(0, 2**32, SIGNATURE_VALUES, dtype=np.uint32) for kind in (2, 3, LEAD)}
+            article_id: {kind: rng.integers(0, 2**32, SIGNATURE_VALUES, dtype=np.uint32) for kind in SIGNATURE_KINDS}
             for article_id in ids
         })
         session.execute(insert(ParagraphFingerprints), [

@@ -6,8 +6,8 @@ links the other copies of a story to its original:
 
 * the same canonical URL, or the same normalized text (``content_hash``);
 * a near duplicate: candidates through LSH band keys stored in SQL, from MinHash
-  signatures of the text's 2- and 3-word shingles (resemblance, robust to changed
-  words) and of its lead paragraph (a teaser, or a story an update extends); each
+  signatures of the text's 2-word shingles (resemblance, robust to changed words)
+  and of its lead paragraph (a teaser, or a story an update extends); each
   confirmed on the texts themselves: at least ``FEEDMILL_DEDUPE_THRESHOLD`` of the
   shorter text's 3-word shingles are in the longer (containment);
 * a "new" entry of a feed that repeats a recent entry of the same feed is that
@@ -51,12 +51,15 @@ from tasks.storage.articles import Changes, article_rows, run_article_stage
 from tasks.storage.clusters import BANDS, LEAD, LEAD_BANDS, ROWS, band_keys
 
 STAGE = stage_named("dedupe").name
-#: MinHash permutations of a text's signatures; a lead's signature uses the first LEAD_BANDS * ROWS.
+#: MinHash permutations of a text's signature: its BANDS * ROWS banded values and more, which
+#: sharpen the estimate a candidate is judged worth comparing by (``worth_comparing``); a lead's
+#: signature has LEAD_BANDS * ROWS.
 NUM_PERM = 128
-#: Word shingle sizes of the text's signatures. 3 keeps an edited copy (new dateline and footer,
-#: the last third cut, 5% of words changed) above Jaccard 0.4; 2 keeps a copy with 15% of its
-#: words replaced near 0.55 where 3 drops it to 0.36-0.5 (docs/dedupe.md).
-SHINGLE_SIZES = (2, 3)
+#: Word shingle size of the text's signature: 2 keeps a copy with 15% of its words replaced near
+#: Jaccard 0.55 (3 drops it to 0.36-0.5), and an edited copy (dateline and footer added, the
+#: last third cut) near 0.65. A second signature, of 3-word shingles, found no copy this one missed on
+#: dedupe_hard.py and doubled the band index; migration 0016 removed it (docs/dedupe.md).
+TEXT_SHINGLE_WORDS = 2
 #: What the exact check compares: the sets of 3-word shingles of the two texts.
 EXACT_SHINGLE_WORDS = 3
 #: The lead: the first paragraph of at least LEAD_MIN_WORDS words, its first LEAD_WORDS.
@@ -91,7 +94,9 @@ def _constants(name: str, count: int) -> np.ndarray:
 
 _PERM_A = _constants("minhash-a", NUM_PERM)[:, None]
 _PERM_B = _constants("minhash-b", NUM_PERM)[:, None]
-_POSITION = _constants("shingle-position", max(SHINGLE_SIZES))
+_POSITION = _constants("shingle-position", max(TEXT_SHINGLE_WORDS, EXACT_SHINGLE_WORDS))
+#: The kinds of signature an article is indexed by (the ``shingle_words`` column).
+SIGNATURE_KINDS = (TEXT_SHINGLE_WORDS, LEAD)
 
 
 # --- pure functions -----------------------------------------------------------
@@ -110,11 +115,6 @@ def content_fingerprint(text: str) -> str | None:
 def _hash_words(text_words: Sequence[str]) -> str | None:
     normalized = " ".join(text_words)
     return hashlib.sha256(normalized.encode()).hexdigest() if normalized else None
-
-
-def shingle_sizes(word_count: int) -> tuple[int, ...]:
-    """The shingle sizes a text of this many words is compared by."""
-    return SHINGLE_SIZES if word_count >= MIN_MATCH_WORDS else ()
 
 
 def lead_words(text: str) -> list[str]:
@@ -214,17 +214,16 @@ class Fingerprint:
 def fingerprint(text: str) -> Fingerprint:
     """Content hash, MinHash signatures and exact shingles of one text, its words split once."""
     text_words = words(text)
-    sizes = shingle_sizes(len(text_words))
+    matchable = len(text_words) >= MIN_MATCH_WORDS
     signatures: dict[int, np.ndarray] = {}
     hashes = word_hashes(text_words)
     shingles = Shingles.of(hashes)
-    if sizes:
-        for size in sizes:
-            signatures[size] = minhash(shingles.sequence if size == EXACT_SHINGLE_WORDS else shingle_hashes(hashes, size))
+    if matchable:
+        signatures[TEXT_SHINGLE_WORDS] = minhash(shingle_hashes(hashes, TEXT_SHINGLE_WORDS))
         lead = shingle_hashes(word_hashes(lead_words(text)), EXACT_SHINGLE_WORDS)
         if lead.size:
             signatures[LEAD] = minhash(lead, LEAD_BANDS * ROWS)
-    return Fingerprint(_hash_words(text_words), len(text_words) >= MIN_MATCH_WORDS, signatures, shingles)
+    return Fingerprint(_hash_words(text_words), matchable, signatures, shingles)
 
 
 @dataclass
@@ -256,7 +255,7 @@ def worth_comparing(pairs: Sequence[tuple[Fingerprint, Mapping[int, np.ndarray]]
     estimates their Jaccard at CANDIDATE_ESTIMATE or more; one array comparison per kind
     (a batch has tens of thousands of pairs at 100,000 stored articles, nearly all not worth it)."""
     worth = np.zeros(len(pairs), dtype=bool)
-    for kind in (*SHINGLE_SIZES, LEAD):
+    for kind in SIGNATURE_KINDS:
         having = [i for i, (fp, stored) in enumerate(pairs) if kind in fp.signatures and kind in stored]
         if not having:
             continue

@@ -186,5 +186,5 @@ def test_retention_benchmark_levels_off_at_its_window() -> None:
     assert [day["pruned"] for day in days] == [0, 0, 0, 30, 30, 30]
     assert [day["articles"] for day in days] == [30, 60, 90, 90, 90, 90]
     assert [day["article_tombstones"] for day in days] == [0, 0, 0, 30, 60, 90]
-    assert all(day["minhash_bands"] == 104 * day["articles"] for day in days)
+    assert all(day["minhash_bands"] == 52 * day["articles"] for day in days)
     assert report["summary"]["articles_ratio"] == report["summary"]["bands_ratio"] == 1.0

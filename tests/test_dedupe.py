@@ -37,14 +37,15 @@ from tasks.dedupe import (
     jaccard_estimate,
     lead_words,
     matches,
+    minhash,
     place,
     worth_comparing,
     repointed,
     run_dedupe,
-    shingle_sizes,
     words,
 )
 from tasks.parse import parse_document, raw_entries, reuses_guid, store_entries
+from tasks.storage.clusters import BANDS, BANDS_BEFORE_0016
 from tests.conftest import ROOT, add_feed, feedmill, make_settings, ok, rss
 
 
@@ -92,9 +93,8 @@ def test_content_fingerprint_ignores_case_punctuation_and_spacing() -> None:
     assert content_fingerprint(" ... ") is None
 
 
-def test_texts_get_2_and_3_word_shingles_and_tiny_ones_none() -> None:
-    assert shingle_sizes(5) == ()
-    assert shingle_sizes(30) == shingle_sizes(300) == (2, 3)
+def test_texts_get_a_2_word_shingle_and_a_lead_signature_and_tiny_ones_none() -> None:
+    assert set(fingerprint(story(30)).signatures) == set(fingerprint(story(300)).signatures) == {2, LEAD}
     assert fingerprint("Watch the video").signatures == {}
     assert not fingerprint("Watch the video").matchable
 
@@ -103,7 +103,7 @@ def test_minhash_estimates_jaccard() -> None:
     original = story(400)
     for copy in (original, edited(original), story(400)):
         a, b = fingerprint(original), fingerprint(copy)
-        assert abs(jaccard_estimate(a.signatures[3], b.signatures[3]) - exact_jaccard(original, copy, 3)) < 0.12
+        assert abs(jaccard_estimate(a.signatures[2], b.signatures[2]) - exact_jaccard(original, copy, 2)) < 0.12
 
 
 def test_band_keys_are_the_same_in_every_process() -> None:
@@ -119,30 +119,30 @@ def test_band_keys_are_the_same_in_every_process() -> None:
 
 #: Signatures and band keys computed by the code that built existing indexes (sha256 of their
 #: bytes): a faster fingerprint must reproduce them bit for bit, or stored rows stop matching.
-#: Per text: its signatures by kind; the band keys of the kinds stored before issue 24 (2- and
-#: 3-word shingles, 2 only under 80 words), unchanged since; all its band keys now (every text
-#: also has a 2-shingle and a lead signature).
+#: Per text: its signatures by kind (kind 3, 3-word shingles, as stored until migration 0016);
+#: the band keys of the kinds stored before issue 24 (2- and 3-word shingles, 2 only under 80
+#: words, 42 bands each); all its band keys now (32 bands of its 2-word shingles, 20 of its lead).
 _PINNED = {
     "Ministers said on Tuesday that the Café's new tax rules, set out in 2024, would cost £3bn a year.": (
         {2: "f29291bf725bdd79e8f583421aaba08a232febfb79b4c9da66b931f466e86147",
          3: "6aeb70e039b32a05a336f2231fb57813f0c9fc312030e963e31428f9a067c4d3",
          LEAD: "3a33b3a1f499f959f9e392a081fee71de7c1ca1b044af6b7ec672b4ceaf044b0"},
         ((2, 3), "648d57c032ad66e907c6bd802fbee2e4e3d97842a412419e1e4a32182aa6ede0"),
-        "7aa37b10e1f415ff0606431c4b195673de5eeda171c02cf9817095383a0fb061",
+        "c2970f7306353d821e238e51cbb3af2c2fc6145d0544551214dcb41c509f4450",
     ),
     " ".join(f"word{i % 37} Zeitung_{i % 11} ÉCOLE{i % 5}" for i in range(120)): (
         {2: "08604982fe2f88c6f59e61c87072fd7a85d2725a3b4fee4bf78c53b17a775ada",
          3: "c916776621883fb7d2976b8e6bf56eb3216994727baaaaacc85b26574d263fd4",
          LEAD: "ed2c65acb108ba7e4119082b084851f5492b450e753274881998e5262f2771fa"},
         ((3,), "aeb3ee2faa9fb7f80224af1dffe172dc306f47cada932119c05021f4e23caa70"),
-        "cc31556bb29ea47000de493d8e09e017deaa260a0151f0eb23a7ea8cfba7919d",
+        "de9735f46ed9f3a7871384ff37ed7b226f4120be0687f3013e8946113fa467b1",
     ),
     "The fox's 'quick' jump — ﬁne ① Ｆｕｌｌ width, straße & STRASSE; naïve coöperation " * 6: (
         {2: "5231f239bc24f8ec655b668022c4bfb878b908596c19ef95fef29806da02f603",
          3: "c8402cd7098344cc11b536c89580f302b7de8d099433a8e0020ca7f501e4801b",
          LEAD: "95cd7c84e8154a07086d9cea6bd66f26f936c8598046f4d5a89901845c26f022"},
         ((2, 3), "08ec8d98c819b522e19d59500570317aa16819711e2fa320d2efb99efe624fc1"),
-        "9b3cf91afa11909c43b47878873ec250564d026c3bd165686f52f378063ebbb2",
+        "30b9400219516edf0fd238a6c05dd9c089c0a3cf5adc62373560d0edaac91969",
     ),
 }
 
@@ -155,8 +155,12 @@ def _sha(keys: list[int]) -> str:
 def test_signatures_and_band_keys_match_the_stored_index(text: str) -> None:
     signatures, (old_kinds, old_bands), bands = _PINNED[text]
     fp = fingerprint(text)
-    assert {kind: hashlib.sha256(sig.tobytes()).hexdigest() for kind, sig in fp.signatures.items()} == signatures
-    assert _sha([key for kind in old_kinds for key in band_keys(fp.signatures[kind], kind)]) == old_bands
+    stored_before_0016 = {**fp.signatures, 3: minhash(fp.shingles.sequence)}  # 3-word shingles, gone since
+    assert {kind: hashlib.sha256(sig.tobytes()).hexdigest() for kind, sig in stored_before_0016.items()} == signatures
+    assert _sha([key for kind in old_kinds
+                 for key in band_keys(stored_before_0016[kind], kind, BANDS_BEFORE_0016)]) == old_bands
+    # Today's rows are rows of the old index: its first BANDS 2-word bands, and the lead's.
+    assert fp.band_keys == band_keys(fp.signatures[2], 2, BANDS_BEFORE_0016)[:BANDS] + band_keys(fp.signatures[LEAD], LEAD)
     assert _sha(fp.band_keys) == bands
 
 
@@ -165,8 +169,8 @@ def test_band_keys_collide_for_copies_and_differ_by_shingle_size() -> None:
     original, copy, other = fingerprint(text), fingerprint(edited(text)), fingerprint(story(300))
     assert set(original.band_keys) & set(copy.band_keys)
     assert not set(original.band_keys) & set(other.band_keys)
-    signature = original.signatures[3]
-    assert set(band_keys(signature, 2)).isdisjoint(band_keys(signature, 3))
+    signature = original.signatures[2]
+    assert set(band_keys(signature, 2)).isdisjoint(band_keys(signature, LEAD))
 
 
 def _known(id: int, text: str = "", *, feed_id: int = 1, url: str | None = None, age_days: float = 0) -> Known:
@@ -273,8 +277,8 @@ def test_near_duplicates_join_the_cluster_in_later_batches(settings: Settings) -
         (first, first, NEAR), (first, first, NEAR), (None, unrelated, None)
     ]
     with session_scope(settings) as session:  # the index is in SQL: every worker and host sees it
-        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 4 * 3
-        assert session.scalar(select(func.count()).select_from(MinhashBand)) == 4 * (42 + 42 + 20)
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 4 * 2
+        assert session.scalar(select(func.count()).select_from(MinhashBand)) == 4 * (32 + 20)
 
 
 def test_a_new_guid_for_a_recent_entry_of_the_same_feed_is_a_reissue(settings: Settings) -> None:
@@ -377,7 +381,7 @@ def test_redelivered_batch_changes_nothing(settings: Settings) -> None:
     assert run_dedupe(settings, ids).ready == ids  # still handed on to classify, nothing rewritten
     assert rows(settings, *ids) == before
     with session_scope(settings) as session:
-        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2 * 3
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2 * 2
 
 
 def test_fingerprints_are_computed_outside_the_write_lock(
@@ -443,14 +447,14 @@ def revise(settings: Settings, article_id: int, text: str) -> None:
 
 def test_a_revision_replaces_exactly_its_band_rows(settings: Settings) -> None:
     """minhash_bands has no index on article_id: a revised article's old rows are found from its
-    stored signatures (every kind: 2- and 3-word shingles and the lead)."""
+    stored signatures (every kind: 2-word shingles and the lead)."""
     feed = add_feed(settings, "https://a.example/feed")
     short, long = story(40), story(300)
     revised, other = add_article(settings, feed, short), add_article(settings, feed, story(300))
     run_dedupe(settings, [revised, other])
     before = band_rows(settings)
-    assert before[revised] == set(fingerprint(short).band_keys) and len(before[revised]) == 42 + 42 + 20
-    assert signature_rows(settings)[revised] == {2, 3, LEAD}
+    assert before[revised] == set(fingerprint(short).band_keys) and len(before[revised]) == 32 + 20
+    assert signature_rows(settings)[revised] == {2, LEAD}
 
     revise(settings, revised, long)
     fresh = add_article(settings, feed, story(300))  # in the same batch, never deduped before
@@ -459,8 +463,8 @@ def test_a_revision_replaces_exactly_its_band_rows(settings: Settings) -> None:
     assert after == {
         revised: set(fingerprint(long).band_keys), other: before[other], fresh: after[fresh]
     }
-    assert after[revised].isdisjoint(before[revised]) and len(after[fresh]) == 42 + 42 + 20
-    assert signature_rows(settings) == {revised: {2, 3, LEAD}, other: {2, 3, LEAD}, fresh: {2, 3, LEAD}}
+    assert after[revised].isdisjoint(before[revised]) and len(after[fresh]) == 32 + 20
+    assert signature_rows(settings) == {revised: {2, LEAD}, other: {2, LEAD}, fresh: {2, LEAD}}
 
 
 def test_removing_a_feed_removes_its_band_rows_and_signatures(settings: Settings) -> None:
@@ -514,7 +518,7 @@ def test_revisions_keep_count_and_previous_hash_and_first_seen_stays_first(setti
         assert (first.revision, first.cluster_id, first.duplicate_of) == (2, head, None)
         assert first.previous_content_hash == content_fingerprint(text) != first.content_hash
         assert (second.revision, second.cluster_id, second.duplicate_of) == (2, copy, None)
-        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2 * 3
+        assert session.scalar(select(func.count()).select_from(MinhashSignature)) == 2 * 2
 
 
 def test_a_feed_repeating_one_guid_keeps_its_items_apart(sqlite_settings: Settings) -> None:

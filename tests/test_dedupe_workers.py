@@ -113,3 +113,21 @@ def test_hard_bbc_evaluation_meets_its_targets(bbc_corpus: Path) -> None:
     assert scores["precision"] >= 0.99 and scores["recall"] >= 0.9, scores
     assert all(kind["recall"] >= 0.75 for kind in scores["by_kind"].values()), scores["by_kind"]
     assert scores["marked_as_expected"] >= 0.95, scores
+
+
+def test_band_layouts_benchmark_finds_the_copies_it_counts(bbc_corpus: Path) -> None:
+    """benchmarks/band_layouts.py (its figures are in docs/dedupe.md) on one planted set, so it
+    cannot rot: the layout in use finds every copy the one before migration 0016 found, with
+    half the band rows and no more false sharers."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "band_layouts.py"), "--corpus", str(bbc_corpus),
+         "--seeds", "1", "--articles", "500", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    before, now = "before 0016: 2w 42x3, 3w 42x3, lead 20x3", "now: 2w 32x3, lead 20x3"
+    assert all(counts[now] == counts[before] <= counts["copies"] for counts in report["copies_found"].values())
+    assert sum(counts["copies"] for counts in report["copies_found"].values()) > 120
+    assert report["sharers"][before]["band_rows"] == 104 and report["sharers"][now]["band_rows"] == 52
+    assert report["sharers"][now]["sharers_per_article"] <= report["sharers"][before]["sharers_per_article"]

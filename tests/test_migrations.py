@@ -7,12 +7,15 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, func, inspect, select, text
 
 from schemas.db import MIGRATIONS_DIR, get_engine, migrate, normalize_url, session_scope
-from schemas.models import OK, Article, Base, MinhashBand
+from schemas.models import OK, Article, Base, MinhashBand, MinhashSignature
 from schemas.settings import Settings
+from tasks.dedupe import Shingles, fingerprint, minhash, word_hashes, words
+from tasks.storage.clusters import BANDS, BANDS_BEFORE_0016, LEAD, LEAD_BANDS, band_keys
 from tests.conftest import add_feed
+from tests.test_dedupe import story
 
 
 #: What migration 0013 makes that no model describes: SQLite's change counter and FTS5 search
@@ -54,10 +57,12 @@ def test_sqlite_band_index_is_one_btree_and_migration_0007_round_trips(sqlite_se
     config.set_main_option("sqlalchemy.url", normalize_url(sqlite_settings.database_url))
     command.downgrade(config, "0004")
     assert "WITHOUT ROWID" not in _bands_table_sql(sqlite_settings)
-    command.upgrade(config, "heads")
+    command.upgrade(config, "0008")  # 0016 rebuilds the rows from signatures, which these have none of
     assert "WITHOUT ROWID" in _bands_table_sql(sqlite_settings)
     with session_scope(sqlite_settings) as session:
         assert sorted(session.scalars(select(MinhashBand.band_key))) == [-5, 3, 2**62]
+    command.upgrade(config, "heads")
+    assert "WITHOUT ROWID" in _bands_table_sql(sqlite_settings)
 
 
 def _alembic_config(settings: Settings) -> Config:
@@ -164,10 +169,44 @@ def test_migration_0008_drops_the_band_foreign_key_and_index_and_round_trips(set
     assert stored() == kept
     if settings.database_url.startswith("sqlite"):
         assert "WITHOUT ROWID" in _bands_table_sql(settings)
-    command.upgrade(_alembic_config(settings), "heads")
+    command.upgrade(_alembic_config(settings), "0008")  # 0016 rebuilds the rows from signatures
     assert _bands_constraints(settings) == ([], [], ["band_key", "article_id"])
     assert stored() == kept
     if settings.database_url.startswith("sqlite"):
         assert "WITHOUT ROWID" in _bands_table_sql(settings)
+    command.upgrade(_alembic_config(settings), "heads")
     with get_engine(settings.database_url).connect() as connection:
         assert schema_diff(connection) == []
+
+
+def test_migration_0016_rebuilds_the_band_index_from_the_signatures_it_keeps(settings: Settings) -> None:
+    """Articles indexed by the old layout (42 bands of 2-word and of 3-word shingles, 20 of the
+    lead) come out with exactly the rows the code writes today, and no 3-word signature."""
+    feed_id = add_feed(settings, "https://e.org/feed")
+    texts = [story(300, seed=seed) for seed in range(3)]
+    with session_scope(settings) as session:
+        articles = [Article(feed_id=feed_id, entry_key=f"k{n}", raw_hash="-", stage="done", status=OK)
+                    for n in range(len(texts))]
+        session.add_all(articles)
+        session.flush()
+        old_layout = {article.id: {**fingerprint(text).signatures, 3: minhash(Shingles.of(word_hashes(words(text))).sequence)}
+                      for article, text in zip(articles, texts)}
+    command.downgrade(_alembic_config(settings), "0008")
+    with session_scope(settings) as session:
+        session.add_all(MinhashSignature(article_id=article_id, shingle_words=kind, signature=signature.tobytes())
+                        for article_id, by_kind in old_layout.items() for kind, signature in by_kind.items())
+        session.add_all(
+            MinhashBand(band_key=key, article_id=article_id)
+            for article_id, by_kind in old_layout.items() for kind, signature in by_kind.items()
+            for key in band_keys(signature, kind, BANDS_BEFORE_0016 if kind != LEAD else None)
+        )
+    with session_scope(settings) as session:
+        assert session.scalar(select(func.count()).select_from(MinhashBand)) == 3 * (42 + 42 + 20)
+    command.upgrade(_alembic_config(settings), "heads")
+    with session_scope(settings) as session:
+        bands = set(session.execute(select(MinhashBand.band_key, MinhashBand.article_id)))
+        kinds = set(session.execute(select(MinhashSignature.article_id, MinhashSignature.shingle_words)))
+    assert bands == {(key, article_id) for article_id, text in zip(old_layout, texts)
+                     for key in fingerprint(text).band_keys}
+    assert len(bands) == 3 * (BANDS + LEAD_BANDS) == 3 * (32 + 20)
+    assert kinds == {(article_id, kind) for article_id in old_layout for kind in (2, LEAD)}

@@ -24,9 +24,14 @@ from schemas.models import PENDING, Article, MinhashBand, MinhashSignature
 from tasks.storage import changes
 from tasks.storage.articles import reopened
 
-#: LSH bands of a signature and values per band. Signature kinds (the ``shingle_words``
-#: column) 2 and 3 are MinHash signatures of a text's 2- and 3-word shingles.
-BANDS, ROWS = 42, 3  # candidate probability 0.94 at Jaccard 0.4, 0.04 at 0.1
+#: LSH bands of a signature and values per band. Signature kind (the ``shingle_words`` column)
+#: 2 is the MinHash signature of a text's 2-word shingles. Until migration 0016 there were 42
+#: bands of it and 42 of a kind 3 (3-word shingles); band ``i``'s key does not depend on how
+#: many bands there are, so the first 32 rows of an article stored then are rows of today's index.
+BANDS, ROWS = 32, 3  # candidate probability 0.88 at Jaccard 0.4, 0.99 at 0.5, 0.03 at 0.1
+#: Bands of kind 2 and of kind 3 before migration 0016 (which rebuilt the index in today's
+#: layout): the tests build an index of that layout with ``band_keys(..., bands=...)``.
+BANDS_BEFORE_0016 = 42
 #: Kind of the lead signature: 3-word shingles of the text's lead paragraph, cut into fewer
 #: bands (a lead is a few dozen shingles; a teaser's lead is its whole text).
 LEAD = 103
@@ -53,9 +58,10 @@ def bands_of(kind: int) -> int:
     return LEAD_BANDS if kind == LEAD else BANDS
 
 
-def band_keys(signature: np.ndarray, kind: int) -> list[int]:
-    """LSH keys (signed 64-bit): one per band of ROWS values, distinct per signature kind."""
-    bands = bands_of(kind)
+def band_keys(signature: np.ndarray, kind: int, bands: int | None = None) -> list[int]:
+    """LSH keys (signed 64-bit): one per band of ROWS values, distinct per signature kind;
+    the kind's bands unless ``bands`` says how many (an older layout's)."""
+    bands = bands or bands_of(kind)
     rows = signature[: bands * ROWS].astype(np.uint64).reshape(bands, ROWS)
     keys = np.arange(bands, dtype=np.uint64) * _BAND_ROW[ROWS]
     keys += np.full(bands, kind, dtype=np.uint64) * _BAND_ROW[ROWS + 1]
