@@ -181,16 +181,19 @@ def test_migration_0008_drops_the_band_foreign_key_and_index_and_round_trips(set
 
 def test_migration_0016_rebuilds_the_band_index_from_the_signatures_it_keeps(settings: Settings) -> None:
     """Articles indexed by the old layout (42 bands of 2-word and of 3-word shingles, 20 of the
-    lead) come out with exactly the rows the code writes today, and no 3-word signature."""
+    lead) come out with exactly the rows the code writes today, and no 3-word signature; so does
+    one deduped before issue 24, with a 3-word signature alone (fingerprinted again from its text)."""
     feed_id = add_feed(settings, "https://e.org/feed")
-    texts = [story(300, seed=seed) for seed in range(3)]
+    texts = [story(300, seed=seed) for seed in range(4)]
     with session_scope(settings) as session:
-        articles = [Article(feed_id=feed_id, entry_key=f"k{n}", raw_hash="-", stage="done", status=OK)
-                    for n in range(len(texts))]
+        articles = [Article(feed_id=feed_id, entry_key=f"k{n}", raw_hash="-", stage="done", status=OK, text=text)
+                    for n, text in enumerate(texts)]
         session.add_all(articles)
         session.flush()
         old_layout = {article.id: {**fingerprint(text).signatures, 3: minhash(Shingles.of(word_hashes(words(text))).sequence)}
                       for article, text in zip(articles, texts)}
+        before_issue_24 = articles[-1].id
+        old_layout[before_issue_24] = {3: old_layout[before_issue_24][3]}
     command.downgrade(_alembic_config(settings), "0008")
     with session_scope(settings) as session:
         session.add_all(MinhashSignature(article_id=article_id, shingle_words=kind, signature=signature.tobytes())
@@ -201,12 +204,12 @@ def test_migration_0016_rebuilds_the_band_index_from_the_signatures_it_keeps(set
             for key in band_keys(signature, kind, BANDS_BEFORE_0016 if kind != LEAD else None)
         )
     with session_scope(settings) as session:
-        assert session.scalar(select(func.count()).select_from(MinhashBand)) == 3 * (42 + 42 + 20)
+        assert session.scalar(select(func.count()).select_from(MinhashBand)) == 3 * (42 + 42 + 20) + 42
     command.upgrade(_alembic_config(settings), "heads")
     with session_scope(settings) as session:
         bands = set(session.execute(select(MinhashBand.band_key, MinhashBand.article_id)))
         kinds = set(session.execute(select(MinhashSignature.article_id, MinhashSignature.shingle_words)))
     assert bands == {(key, article_id) for article_id, text in zip(old_layout, texts)
                      for key in fingerprint(text).band_keys}
-    assert len(bands) == 3 * (BANDS + LEAD_BANDS) == 3 * (32 + 20)
+    assert len(bands) == 4 * (BANDS + LEAD_BANDS) == 4 * (32 + 20)
     assert kinds == {(article_id, kind) for article_id in old_layout for kind in (2, LEAD)}

@@ -8,6 +8,10 @@ the first 32 of an article's 2-word rows are already rows of the new layout: the
 rebuilt from the stored signatures (``tasks.storage.clusters.band_keys``, the layout the
 code writes), in key order, half its size, and the 3-word signatures are deleted.
 
+Articles deduped before the harder copies (issue 24) have a 3-word signature alone (the 2-word
+one was only for texts under 80 words then, the lead did not exist): they are fingerprinted
+again from their text first, so that no article leaves the index.
+
 The downgrade restores nothing: an older feedmill finds copies of the articles indexed here
 through the rows kept, and writes its own layout for the articles it dedupes.
 
@@ -19,6 +23,7 @@ import numpy as np
 import sqlalchemy as sa
 from alembic import op
 
+from tasks.dedupe import fingerprint
 from tasks.storage.clusters import LEAD, band_keys
 
 revision = "0016"
@@ -39,6 +44,7 @@ def upgrade() -> None:
     op.execute("CREATE TEMPORARY TABLE minhash_bands_kept (band_key BIGINT NOT NULL, article_id INTEGER NOT NULL)")
     signatures = sa.table("minhash_signatures", sa.column("article_id"), sa.column("shingle_words"),
                           sa.column("signature"))
+    _fingerprint_those_with_a_3_word_signature_alone(connection, signatures)
     kinds = signatures.c.shingle_words.in_((TWO_WORD_SHINGLES, LEAD))
     last_id = -1
     while ids := connection.scalars(
@@ -68,6 +74,26 @@ def upgrade() -> None:
                "SELECT DISTINCT band_key, article_id FROM minhash_bands_kept ORDER BY band_key, article_id")
     op.execute("DROP TABLE minhash_bands_kept")
     op.execute(sa.text("DELETE FROM minhash_signatures WHERE shingle_words = :kind").bindparams(kind=THREE_WORD_SHINGLES))
+
+
+def _fingerprint_those_with_a_3_word_signature_alone(connection: sa.Connection, signatures: sa.TableClause) -> None:
+    """Write today's signatures of the articles the new layout would otherwise not index."""
+    articles = sa.table("articles", sa.column("id"), sa.column("text"))
+    two_word = sa.select(signatures.c.article_id).where(signatures.c.shingle_words == TWO_WORD_SHINGLES)
+    last_id = -1
+    while chunk := connection.execute(
+        sa.select(articles.c.id, articles.c.text)
+        .where(articles.c.id.in_(sa.select(signatures.c.article_id).where(signatures.c.shingle_words == THREE_WORD_SHINGLES)),
+               articles.c.id.not_in(two_word), articles.c.id > last_id)
+        .order_by(articles.c.id).limit(CHUNK)
+    ).all():
+        last_id = chunk[-1].id
+        ids = [row.id for row in chunk]
+        connection.execute(sa.delete(signatures).where(signatures.c.article_id.in_(ids), signatures.c.shingle_words == LEAD))
+        rows = [{"article_id": row.id, "shingle_words": kind, "signature": signature.tobytes()}
+                for row in chunk for kind, signature in fingerprint(row.text or "").signatures.items()]
+        if rows:
+            connection.execute(sa.insert(signatures), rows)
 
 
 def downgrade() -> None:
